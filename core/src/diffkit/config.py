@@ -1,0 +1,254 @@
+"""Typed configuration on pydantic, read and written in the diffusers JSON layout.
+
+Each configurable class (model, scheduler, processor) declares a :class:`Config` subclass
+with typed fields and defaults. Files keep every key: unknown keys are preserved and written
+back (reported once), and ``_``-prefixed metadata such as ``_class_name`` and
+``_diffusers_version`` is kept apart from the fields. A bad value raises
+:class:`~diffkit.errors.ConfigError` naming the file, the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import pydantic
+from pydantic import ConfigDict, PrivateAttr
+
+from .errors import CheckpointError, ConfigError
+
+logger = logging.getLogger("diffkit.config")
+
+#: the diffusers on-disk format we read and write; stamped into files that carry no version
+DIFFUSERS_FORMAT_VERSION = "0.42.1"
+
+_reported: set[tuple[str, frozenset[str]]] = set()
+
+
+def read_json(path: str | os.PathLike[str], what: str = "config file") -> dict[str, Any]:
+    """Read a JSON object from ``path``; any problem names the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CheckpointError(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise CheckpointError(f"{what} {path} cannot be read: {exc}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(
+            f"{what} {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+        ) from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{what} {path} must hold a JSON object, found {type(data).__name__}")
+    return data
+
+
+def write_json(path: str | os.PathLike[str], data: Mapping[str, Any]) -> None:
+    """Write ``data`` as diffusers does (sorted keys, indent 2, trailing newline), atomically."""
+    path = Path(path)
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _format_validation_error(exc: pydantic.ValidationError, owner: str, source: str | None) -> str:
+    where = source or owner
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in err["loc"]) or "(root)"
+        allowed = (err.get("ctx") or {}).get("expected")
+        line = f"{where}: field {loc!r} of {owner}: got {err.get('input')!r}; {err['msg']}"
+        if allowed:
+            line += f" (allowed values: {allowed})"
+        lines.append(line)
+    return "invalid configuration\n" + "\n".join(lines)
+
+
+class Config(pydantic.BaseModel):
+    """Base of every typed configuration.
+
+    Read access works like diffusers' config: ``config.sample_size``, ``config["sample_size"]``,
+    ``config.get("x")``. Configs are immutable; :meth:`replace` returns an updated copy.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True, protected_namespaces=(), validate_default=True)
+
+    _meta: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    #: the class that owns this config; used in messages and in ``_class_name``
+    owner_name: ClassVar[str] = ""
+
+    @classmethod
+    def from_dict(
+        cls,
+        data: Mapping[str, Any],
+        *,
+        source: str | os.PathLike[str] | None = None,
+        report_unknown: bool = True,
+        **overrides: Any,
+    ) -> Self:
+        """Validate ``data`` (and ``overrides``, which win); ``source`` names the file in errors."""
+        owner = cls.owner_name or cls.__name__
+        where = str(source) if source is not None else None
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{where or owner}: a config must be a mapping, got {type(data).__name__}")
+        meta = {k: v for k, v in data.items() if isinstance(k, str) and k.startswith("_")}
+        body = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("_"))}
+        for key, value in overrides.items():
+            if key.startswith("_"):
+                meta[key] = value
+            else:
+                body[key] = value
+        unknown = frozenset(k for k in body if k not in cls.model_fields)
+        if unknown and report_unknown and (owner, unknown) not in _reported:
+            _reported.add((owner, unknown))
+            logger.warning(
+                "%s: keys %s are not used by %s; they are kept and written back unchanged",
+                where or "config",
+                ", ".join(sorted(unknown)),
+                owner,
+            )
+        try:
+            config = cls.model_validate(body)
+        except pydantic.ValidationError as exc:
+            raise ConfigError(_format_validation_error(exc, owner, where)) from None
+        config._meta.update(meta)
+        return config
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> Self:
+        return cls.from_dict(read_json(path), source=path, **overrides)
+
+    # -- reading --------------------------------------------------------------------
+    @property
+    def meta(self) -> dict[str, Any]:
+        """``_``-prefixed keys read from the file (``_class_name``, ``_diffusers_version``, ...)."""
+        return dict(self._meta)
+
+    @property
+    def extras(self) -> dict[str, Any]:
+        """Keys the owning class does not use, kept for the round trip."""
+        return dict(self.__pydantic_extra__ or {})
+
+    def __getitem__(self, key: str) -> Any:
+        if key in type(self).model_fields or key in (self.__pydantic_extra__ or {}):
+            return getattr(self, key)
+        if key in self._meta:
+            return self._meta[key]
+        raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and (key in self.keys())
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def keys(self) -> list[str]:
+        return [*type(self).model_fields, *(self.__pydantic_extra__ or {}), *self._meta]
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(k, self[k]) for k in self.keys()]
+
+    # -- writing --------------------------------------------------------------------
+    def to_dict(self, *, explicit_only: bool = False) -> dict[str, Any]:
+        """A JSON-ready dict with fields, extras and metadata.
+
+        ``explicit_only`` leaves out fields that hold their class default without having been
+        given, so that swapping classes with :meth:`Configurable.from_config` does not impose
+        one class's defaults on another.
+        """
+        fields = self.model_dump(mode="json")
+        if explicit_only:
+            given = self.model_fields_set | set(self.__pydantic_extra__ or {})
+            fields = {k: v for k, v in fields.items() if k in given}
+        return {**fields, **self._meta}
+
+    def replace(self, **updates: Any) -> Self:
+        """A validated copy with ``updates`` applied."""
+        data = self.to_dict()
+        return type(self).from_dict(data, report_unknown=False, **updates)
+
+
+class Configurable:
+    """Mixin for classes built from a :class:`Config`: models, schedulers, processors."""
+
+    config_class: ClassVar[type[Config]] = Config
+    config_name: ClassVar[str] = "config.json"
+    config: Config
+
+    def _init_config(self, config: Config | Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> Config:
+        cls = type(self)
+        if config is None:
+            built = cls.config_class.from_dict({}, **kwargs)
+        elif isinstance(config, cls.config_class) and not kwargs:
+            built = config
+        elif isinstance(config, Config):
+            built = cls.config_class.from_dict(config.to_dict(), report_unknown=False, **kwargs)
+        else:
+            built = cls.config_class.from_dict(config, **kwargs)
+        built._meta["_class_name"] = cls.__name__
+        object.__setattr__(self, "config", built)
+        return built
+
+    @classmethod
+    def from_config(cls, config: Config | Mapping[str, Any] | None = None, /, **overrides: Any) -> Self:
+        """Build from a config of this class or of a compatible one (scheduler swaps).
+
+        Keys the target does not use are kept (and written back); fields that the source only
+        held as its own defaults are not imposed on the target.
+        """
+        if isinstance(config, Config):
+            data = config.to_dict(explicit_only=not isinstance(config, cls.config_class))
+            data.pop("_class_name", None)
+            built = cls.config_class.from_dict(data, report_unknown=False, **overrides)
+        else:
+            built = cls.config_class.from_dict(config or {}, **overrides)
+        return cls(built)  # type: ignore[call-arg]
+
+    @classmethod
+    def load_config(cls, path: str | os.PathLike[str], subfolder: str | None = None) -> dict[str, Any]:
+        """Read ``config_name`` from a folder (``subfolder`` first) or from a file path."""
+        path = Path(path)
+        if path.is_file():
+            return read_json(path)
+        folder = path / subfolder if subfolder else path
+        candidate = folder / cls.config_name
+        if not candidate.is_file() and subfolder:
+            raise CheckpointError(
+                f"{candidate} does not exist: the folder {path} has no subfolder {subfolder!r} with a {cls.config_name}"
+            )
+        return read_json(candidate)
+
+    def config_dict(self) -> dict[str, Any]:
+        """What :meth:`save_config` writes."""
+        data = self.config.to_dict()
+        data["_class_name"] = type(self).__name__
+        data.setdefault("_diffusers_version", DIFFUSERS_FORMAT_VERSION)
+        for private in ("_name_or_path", "_use_default_values", "_ignore_files", "_pre_quantization_dtype"):
+            data.pop(private, None)
+        return data
+
+    def save_config(self, directory: str | os.PathLike[str]) -> Path:
+        directory = Path(directory)
+        if directory.is_file():
+            raise ConfigError(f"save_config: {directory} is a file, expected a folder")
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / self.config_name
+        write_json(target, self.config_dict())
+        return target

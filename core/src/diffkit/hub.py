@@ -1,0 +1,165 @@
+"""Where checkpoint files come from: a local folder, or a Hub repo through ``huggingface_hub``.
+
+Only the files that will be used are fetched: the config, and the weight files of the chosen
+format and variant. ``local_files_only`` (or ``HF_HUB_OFFLINE=1``) reads the standard Hub
+cache without touching the network.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError
+from .weights import PICKLE, SAFETENSORS, weight_file_candidates
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def is_repo_id(value: str) -> bool:
+    return bool(_REPO_ID.match(value)) and ".." not in value and not value.endswith(".")
+
+
+def hub_kwargs(
+    revision: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    force_download: bool = False,
+    local_files_only: bool | None = None,
+    token: str | bool | None = None,
+    proxies: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The keyword arguments that go to ``huggingface_hub`` download functions."""
+    if local_files_only is None:
+        local_files_only = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false")
+    kwargs: dict[str, Any] = {
+        "revision": revision,
+        "cache_dir": cache_dir,
+        "force_download": force_download,
+        "local_files_only": local_files_only,
+        "token": token,
+    }
+    if proxies:
+        kwargs["proxies"] = proxies  # older huggingface_hub releases only
+    return kwargs
+
+
+def _check_source(path_or_repo: str | os.PathLike[str]) -> tuple[Path | None, str | None]:
+    """(local folder, None) or (None, repo id); anything else raises naming the argument."""
+    if isinstance(path_or_repo, os.PathLike) or Path(str(path_or_repo)).exists():
+        path = Path(path_or_repo)
+        if not path.is_dir():
+            raise CheckpointError(f"{path} is not a folder; pass the checkpoint folder or a Hub repo id")
+        return path, None
+    text = str(path_or_repo)
+    if not is_repo_id(text):
+        raise CheckpointError(
+            f"{text!r} is neither an existing local folder nor a valid Hub repo id ('org/name')"
+        )
+    return None, text
+
+
+def download_files(repo_id: str, allow_patterns: list[str], **kwargs: Any) -> Path:
+    """``snapshot_download`` of the matching files; maps Hub errors to one clear message."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    kwargs = {k: v for k, v in kwargs.items() if k != "proxies"}
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=allow_patterns, **kwargs))
+    except RepositoryNotFoundError:
+        raise CheckpointError(f"{repo_id!r} is not a Hub repo (or it is private: pass token=...)") from None
+    except RevisionNotFoundError:
+        raise CheckpointError(f"{repo_id!r} has no revision {kwargs.get('revision')!r}") from None
+    except LocalEntryNotFoundError as exc:
+        raise CheckpointError(
+            f"{repo_id!r} is not in the local Hub cache and downloading is off (local_files_only or "
+            f"HF_HUB_OFFLINE); run once online or pass a local folder ({exc})"
+        ) from None
+    except HfHubHTTPError as exc:
+        raise CheckpointError(f"downloading {repo_id!r} failed: {exc}") from None
+
+
+def weight_patterns(
+    prefix: str, weights_name: str, variant: str | None, use_safetensors: bool | None, allow_pickle: bool
+) -> list[str]:
+    """Glob patterns for the weight files of one component folder (``prefix`` ends with ``/`` or is empty)."""
+    exts = [SAFETENSORS] if use_safetensors is not False else []
+    if use_safetensors is not True and allow_pickle:
+        exts.append(PICKLE)
+    patterns = []
+    for ext in exts:
+        for name in weight_file_candidates(weights_name, ext, variant):
+            patterns.append(prefix + name)
+        shard_stem = f"{weights_name}.{variant}" if variant else weights_name
+        patterns.append(f"{prefix}{shard_stem}-*-of-*.{ext}")
+        if variant:
+            patterns.append(f"{prefix}{weights_name}-*-of-*.{variant}.{ext}")
+    return patterns
+
+
+def resolve_model_folder(
+    path_or_repo: str | os.PathLike[str],
+    *,
+    subfolder: str | None,
+    config_name: str,
+    weights_name: str,
+    variant: str | None,
+    use_safetensors: bool | None,
+    allow_pickle: bool,
+    **hub: Any,
+) -> Path:
+    """The local folder holding one model's config and weights (downloading only those)."""
+    local, repo_id = _check_source(path_or_repo)
+    if local is not None:
+        folder = local / subfolder if subfolder else local
+        if not folder.is_dir():
+            raise CheckpointError(f"{local} has no subfolder {subfolder!r}")
+        if not (folder / config_name).is_file():
+            raise CheckpointError(f"{folder} has no {config_name}: is it a model folder?")
+        return folder
+    assert repo_id is not None
+    prefix = f"{subfolder}/" if subfolder else ""
+    patterns = [prefix + config_name, *weight_patterns(prefix, weights_name, variant, use_safetensors, allow_pickle)]
+    root = download_files(repo_id, patterns, **hub_kwargs(**hub))
+    folder = root / subfolder if subfolder else root
+    if not (folder / config_name).is_file():
+        raise CheckpointError(f"Hub repo {repo_id!r} has no {prefix}{config_name}")
+    return folder
+
+
+def resolve_config_folder(
+    path_or_repo: str | os.PathLike[str], *, subfolder: str | None, config_name: str, **hub: Any
+) -> Path:
+    """The local folder holding one config file (schedulers, processors)."""
+    local, repo_id = _check_source(path_or_repo)
+    if local is not None:
+        folder = local / subfolder if subfolder else local
+        if not (folder / config_name).is_file():
+            raise CheckpointError(f"{folder} has no {config_name}")
+        return folder
+    assert repo_id is not None
+    prefix = f"{subfolder}/" if subfolder else ""
+    root = download_files(repo_id, [prefix + config_name], **hub_kwargs(**hub))
+    folder = root / subfolder if subfolder else root
+    if not (folder / config_name).is_file():
+        raise CheckpointError(f"Hub repo {repo_id!r} has no {prefix}{config_name}")
+    return folder
+
+
+def push_folder(folder: Path, repo_id: str, *, commit_message: str = "Upload with diffkit", private: bool | None = None,
+                token: str | None = None, create_pr: bool = False) -> str:
+    """Create ``repo_id`` if needed and upload ``folder``; returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
+                             create_pr=create_pr)
+    return str(info)

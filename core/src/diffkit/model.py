@@ -1,0 +1,230 @@
+"""``Model``: a torch module with a typed config and diffusers-compatible weights on disk.
+
+Loading builds the module on the ``meta`` device and assigns the checkpoint tensors in the
+requested dtype and device directly: no random initialisation, no float32 detour.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import torch
+
+from ._fs import atomic_folder
+from .config import Config, Configurable
+from .dtypes import parse_dtype
+from .errors import CheckpointError
+from .weights import checkpoint_dtype, find_weights, read_state_dict, write_state_dict
+
+logger = logging.getLogger("diffkit.model")
+
+
+class Model(torch.nn.Module, Configurable):
+    """Base class of every diffkit model.
+
+    Subclasses set ``config_class`` and build their layers in ``__init__(self, config=None,
+    **kwargs)`` after calling ``super().__init__(config, **kwargs)``; ``self.config`` is then
+    the validated config. Their state-dict keys and shapes are those of the diffusers class of
+    the same name, so checkpoints load unchanged.
+    """
+
+    config_class: ClassVar[type[Config]] = Config
+    config_name: ClassVar[str] = "config.json"
+    #: weight file stem: diffusers models use ``diffusion_pytorch_model``
+    weights_name: ClassVar[str] = "diffusion_pytorch_model"
+
+    def __init__(self, config: Config | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        torch.nn.Module.__init__(self)
+        self._init_config(config, kwargs)
+
+    # -- properties -------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        for tensor in self._tensors():
+            return tensor.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for tensor in self._tensors():
+            if tensor.is_floating_point():
+                return tensor.dtype
+        return torch.float32
+
+    def _tensors(self):
+        yield from self.parameters()
+        yield from self.buffers()
+
+    # -- attention --------------------------------------------------------------------
+    def set_attention_backend(self, backend: Any = "sdpa", **options: Any) -> Any:
+        """Give every attention layer of this model the same backend instance.
+
+        ``backend`` is a registered name or an ``AttentionBackend`` object; returns the instance.
+        """
+        from .attention import resolve_backend
+
+        instance = resolve_backend(backend, **options)
+        for module in self.modules():
+            if hasattr(module, "attention_backend") and module is not self:
+                module.attention_backend = instance
+        return instance
+
+    # -- state-dict hooks -------------------------------------------------------------
+    @classmethod
+    def convert_state_dict(cls, state: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
+        """Rename keys of older checkpoint layouts; the default keeps them as they are."""
+        return state
+
+    # -- loading ----------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike[str],
+        subfolder: str | None = None,
+        *,
+        torch_dtype: Any = None,
+        variant: str | None = None,
+        use_safetensors: bool | None = None,
+        allow_pickle: bool = False,
+        device_map: Any = None,
+        low_cpu_mem_usage: bool = True,
+        output_loading_info: bool = False,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        force_download: bool = False,
+        local_files_only: bool | None = None,
+        token: str | bool | None = None,
+        proxies: dict[str, str] | None = None,
+        **config_overrides: Any,
+    ) -> Self | tuple[Self, dict[str, list[Any]]]:
+        """Load a model from a folder (or ``folder/subfolder``) or a Hub repo id."""
+        from .hub import resolve_model_folder
+
+        folder = resolve_model_folder(
+            pretrained_model_name_or_path,
+            subfolder=subfolder,
+            config_name=cls.config_name,
+            weights_name=cls.weights_name,
+            variant=variant,
+            use_safetensors=use_safetensors,
+            allow_pickle=allow_pickle,
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            token=token,
+            proxies=proxies,
+        )
+        config_path = folder / cls.config_name
+        config = cls.config_class.from_dict(
+            cls.load_config(folder), source=config_path, **config_overrides
+        )
+        files = find_weights(
+            folder, cls.weights_name, variant=variant, use_safetensors=use_safetensors, allow_pickle=allow_pickle
+        )
+        dtype = parse_dtype(torch_dtype)
+        if dtype == "auto":
+            dtype = checkpoint_dtype(files)
+        device = _single_device(device_map)
+        model, info = cls._from_state(config, files, dtype=dtype, device=device, low_cpu_mem_usage=low_cpu_mem_usage)
+        model.config._meta["_name_or_path"] = str(pretrained_model_name_or_path)
+        model.eval()
+        return (model, info) if output_loading_info else model
+
+    @classmethod
+    def _from_state(
+        cls,
+        config: Config,
+        files: list[Path],
+        *,
+        dtype: torch.dtype | None,
+        device: torch.device | None,
+        low_cpu_mem_usage: bool = True,
+    ) -> tuple[Self, dict[str, list[Any]]]:
+        target_device = device or torch.device("cpu")
+        state = read_state_dict(files, device="cpu" if target_device.type == "meta" else target_device)
+        state = cls.convert_state_dict(state, config)
+        if low_cpu_mem_usage:
+            with torch.device("meta"):
+                model = cls(config)
+        else:
+            model = cls(config)
+        expected = model.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        where = ", ".join(str(f) for f in files)
+        if missing:
+            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            raise CheckpointError(
+                f"{where} lacks {len(missing)} tensor(s) that {cls.__name__} with this config needs: {shown}. "
+                "Is config.json the one these weights were trained with?"
+            )
+        if unexpected:
+            logger.warning("%s: ignoring %d unexpected tensor(s): %s", where, len(unexpected), ", ".join(unexpected[:10]))
+        for key, want in expected.items():
+            got = state[key]
+            if tuple(got.shape) != tuple(want.shape):
+                raise CheckpointError(
+                    f"{where}: tensor {key!r} has shape {tuple(got.shape)} but {cls.__name__} with this "
+                    f"config expects {tuple(want.shape)}; config.json and the weights disagree"
+                )
+        loaded: dict[str, torch.Tensor] = {}
+        for key, want in expected.items():
+            tensor = state[key]
+            if tensor.is_floating_point() and want.is_floating_point():
+                loaded[key] = tensor.to(device=target_device, dtype=dtype or want.dtype)
+            else:
+                loaded[key] = tensor.to(target_device)
+        model.load_state_dict(loaded, strict=True, assign=True)
+        leftovers = [name for name, t in model.named_buffers() if t.is_meta] + [
+            name for name, t in model.named_parameters() if t.is_meta
+        ]
+        if leftovers:
+            raise CheckpointError(f"{cls.__name__}: no checkpoint value for {', '.join(leftovers)}")
+        info = {"missing_keys": [], "unexpected_keys": unexpected, "mismatched_keys": [], "error_msgs": []}
+        return model, info
+
+    # -- saving -----------------------------------------------------------------------
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike[str],
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        max_shard_size: int | str = "10GB",
+        push_to_hub: bool = False,
+        **push_kwargs: Any,
+    ) -> Path:
+        """Write ``config.json`` and the weights, atomically (an interrupted save changes nothing)."""
+        target = Path(save_directory)
+        with atomic_folder(target) as tmp:
+            self.save_config(tmp)
+            write_state_dict(
+                self.state_dict(),
+                tmp,
+                self.weights_name,
+                safe_serialization=safe_serialization,
+                variant=variant,
+                max_shard_size=max_shard_size,
+            )
+        if push_to_hub:
+            from .hub import push_folder
+
+            push_folder(target, **push_kwargs)
+        return target
+
+
+def _single_device(device_map: Any) -> torch.device | None:
+    if device_map is None:
+        return None
+    if isinstance(device_map, (str, int, torch.device)):
+        if isinstance(device_map, str) and device_map in ("auto", "balanced", "balanced_low_0", "sequential"):
+            raise ValueError(
+                f"device_map={device_map!r} is not supported: pass one device (e.g. 'cpu', 'cuda', 'cuda:1') "
+                "or use an offload strategy (pipe.enable_model_cpu_offload())"
+            )
+        return torch.device(device_map) if not isinstance(device_map, int) else torch.device("cuda", device_map)
+    raise ValueError(f"device_map must be None or a single device, got {device_map!r}")
