@@ -188,8 +188,8 @@ class Registry:
     def _collect(self, state: _State) -> None:
         entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
         conflicts: dict[tuple[str, str], list[Entry]] = {}
-        for plugin in state.pm.get_plugins():
-            dist = state.pm.get_name(plugin)
+        for plugin in sorted(state.pm.get_plugins(), key=lambda p: state.pm.get_name(p) or ""):
+            dist = state.pm.get_name(plugin) or ""
             info = state.plugins.get(dist)
             if info is None or info.status != "loaded":
                 continue
@@ -321,7 +321,9 @@ class Registry:
 
     def unregister_plugin(self, dist: str) -> None:
         with self._lock:
-            state = self._ensure()
+            state = self._state
+            if state is None:
+                return
             dist = normalize_dist(dist)
             plugin = state.pm.get_plugin(dist)
             if plugin is not None:
