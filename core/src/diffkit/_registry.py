@@ -22,7 +22,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import ComponentNotFoundError, DuplicateNameError, PluginError
+from .errors import DuplicateNameError, PluginError
 
 #: kind -> the hook that registers names of that kind
 KINDS: dict[str, str] = {

@@ -252,3 +252,38 @@ class Configurable:
         target = directory / self.config_name
         write_json(target, self.config_dict())
         return target
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike[str],
+        subfolder: str | None = None,
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        force_download: bool = False,
+        local_files_only: bool | None = None,
+        token: str | bool | None = None,
+        proxies: dict[str, str] | None = None,
+        **overrides: Any,
+    ) -> Self:
+        """Build from ``config_name`` in a folder, ``folder/subfolder`` or a Hub repo (config-only classes)."""
+        from .hub import resolve_config_folder
+
+        folder = resolve_config_folder(
+            pretrained_model_name_or_path,
+            subfolder=subfolder,
+            config_name=cls.config_name,
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            token=token,
+            proxies=proxies,
+        )
+        config = cls.config_class.from_dict(cls.load_config(folder), source=folder / cls.config_name, **overrides)
+        return cls(config)  # type: ignore[call-arg]
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str], **_: Any) -> Path:
+        """Write the config file into ``save_directory`` (config-only classes have no weights)."""
+        return self.save_config(save_directory)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError
-from .weights import PICKLE, SAFETENSORS, weight_file_candidates
+from .weights import _formats, weight_file_candidates
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
@@ -86,24 +86,6 @@ def download_files(repo_id: str, allow_patterns: list[str], **kwargs: Any) -> Pa
         raise CheckpointError(f"downloading {repo_id!r} failed: {exc}") from None
 
 
-def weight_patterns(
-    prefix: str, weights_name: str, variant: str | None, use_safetensors: bool | None, allow_pickle: bool
-) -> list[str]:
-    """Glob patterns for the weight files of one component folder (``prefix`` ends with ``/`` or is empty)."""
-    exts = [SAFETENSORS] if use_safetensors is not False else []
-    if use_safetensors is not True and allow_pickle:
-        exts.append(PICKLE)
-    patterns = []
-    for ext in exts:
-        for name in weight_file_candidates(weights_name, ext, variant):
-            patterns.append(prefix + name)
-        shard_stem = f"{weights_name}.{variant}" if variant else weights_name
-        patterns.append(f"{prefix}{shard_stem}-*-of-*.{ext}")
-        if variant:
-            patterns.append(f"{prefix}{weights_name}-*-of-*.{variant}.{ext}")
-    return patterns
-
-
 def resolve_model_folder(
     path_or_repo: str | os.PathLike[str],
     *,
@@ -126,7 +108,11 @@ def resolve_model_folder(
         return folder
     assert repo_id is not None
     prefix = f"{subfolder}/" if subfolder else ""
-    patterns = [prefix + config_name, *weight_patterns(prefix, weights_name, variant, use_safetensors, allow_pickle)]
+    stem = f"{weights_name}.{variant}" if variant else weights_name
+    patterns = [prefix + config_name]
+    for ext in _formats(use_safetensors, allow_pickle):
+        patterns += [prefix + n for n in weight_file_candidates(weights_name, ext, variant)]
+        patterns.append(f"{prefix}{stem}-*-of-*.{ext}")
     root = download_files(repo_id, patterns, **hub_kwargs(**hub))
     folder = root / subfolder if subfolder else root
     if not (folder / config_name).is_file():

@@ -10,10 +10,8 @@ thread-safe, the ``plan`` API is.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .config import Config, Configurable
 
@@ -168,41 +166,6 @@ class Scheduler(Configurable):
 
     def __len__(self) -> int:
         return int(getattr(self.config, "num_train_timesteps", 0))
-
-    # -- files ------------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(
-        cls,
-        pretrained_model_name_or_path: str | os.PathLike[str],
-        subfolder: str | None = None,
-        *,
-        revision: str | None = None,
-        cache_dir: str | os.PathLike[str] | None = None,
-        force_download: bool = False,
-        local_files_only: bool | None = None,
-        token: str | bool | None = None,
-        proxies: dict[str, str] | None = None,
-        **overrides: Any,
-    ) -> Self:
-        """Read ``scheduler_config.json`` from a folder, ``folder/subfolder`` or a Hub repo."""
-        from .hub import resolve_config_folder
-
-        folder = resolve_config_folder(
-            pretrained_model_name_or_path,
-            subfolder=subfolder,
-            config_name=cls.config_name,
-            revision=revision,
-            cache_dir=cache_dir,
-            force_download=force_download,
-            local_files_only=local_files_only,
-            token=token,
-            proxies=proxies,
-        )
-        config = cls.config_class.from_dict(cls.load_config(folder), source=folder / cls.config_name, **overrides)
-        return cls(config)
-
-    def save_pretrained(self, save_directory: str | os.PathLike[str], **_: Any) -> Path:
-        return self.save_config(save_directory)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config.model_dump()})"

@@ -6,6 +6,7 @@ with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 from pathlib import Path
@@ -45,6 +46,34 @@ def weight_file_candidates(base: str, ext: str, variant: str | None) -> list[str
     return names
 
 
+def _formats(use_safetensors: bool | None, allow_pickle: bool) -> list[str]:
+    exts = [SAFETENSORS] if use_safetensors is not False else []
+    if use_safetensors is not True and allow_pickle:
+        exts.append(PICKLE)
+    return exts
+
+
+def select_weight_files(
+    names: set[str], base: str, variant: str | None, use_safetensors: bool | None, allow_pickle: bool
+) -> list[str]:
+    """From a folder's file names, the ones that hold the weights (index plus shards, or one file).
+
+    Used where the files are not on disk yet (a Hub listing); an empty list means none fit.
+    """
+    for ext in _formats(use_safetensors, allow_pickle):
+        for name in weight_file_candidates(base, ext, variant):
+            if name not in names:
+                continue
+            if ".index." not in name:
+                return [name]
+            stem = f"{base}.{variant}" if variant else base
+            shards = [n for n in names if fnmatch.fnmatch(n, f"{stem}-*-of-*.{ext}")]
+            if variant:
+                shards += [n for n in names if fnmatch.fnmatch(n, f"{base}-*-of-*.{variant}.{ext}")]
+            return [name, *sorted(shards)]
+    return []
+
+
 def find_weights(
     folder: Path,
     base: str,
@@ -58,10 +87,7 @@ def find_weights(
     ``use_safetensors=None`` means safetensors, with pickle only if ``allow_pickle``;
     ``use_safetensors=False`` means pickle, which also needs ``allow_pickle``.
     """
-    exts = [SAFETENSORS] if use_safetensors is not False else []
-    if use_safetensors is not True and allow_pickle:
-        exts.append(PICKLE)
-    for ext in exts:
+    for ext in _formats(use_safetensors, allow_pickle):
         for name in weight_file_candidates(base, ext, variant):
             path = folder / name
             if not path.is_file():

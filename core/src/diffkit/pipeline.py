@@ -1,0 +1,412 @@
+"""``Pipeline`` (alias ``DiffusionPipeline``): components loaded together and run end to end.
+
+A concrete pipeline declares its components as the ``__init__`` parameters without defaults
+(plus ``optional_components``); parameters with defaults are pipeline settings stored in
+``model_index.json``. Loading resolves every class by name through the plugin registry and
+never imports a module because a JSON file names it. Pipelines keep no per-call state on
+``self``: one object serves concurrent calls.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import torch
+
+from ._fs import atomic_folder
+from ._registry import registry
+from .config import DIFFUSERS_FORMAT_VERSION, write_json
+from .errors import CheckpointError
+from .model import Model
+from .outputs import numpy_to_pil
+from .processor import Processor
+from .scheduler import Scheduler
+
+logger = logging.getLogger("diffkit.pipeline")
+
+MODEL_INDEX = "model_index.json"
+#: libraries whose classes diffkit plugins provide under the same names
+NATIVE_LIBRARIES = ("diffusers", "diffkit")
+#: loading options that are not components or pipeline settings
+LOAD_OPTIONS = (
+    "torch_dtype", "variant", "use_safetensors", "allow_pickle", "revision", "cache_dir", "force_download",
+    "local_files_only", "token", "proxies", "low_cpu_mem_usage", "device_map", "custom_pipeline",
+    "custom_revision", "trust_remote_code", "output_loading_info",
+)
+
+
+class ComponentEntry(tuple):
+    """``(library, class_name)`` of one ``model_index.json`` entry; both ``None`` when absent."""
+
+    library: str | None
+    class_name: str | None
+
+    def __new__(cls, library: str | None, class_name: str | None) -> ComponentEntry:
+        self = super().__new__(cls, (library, class_name))
+        return self
+
+    @property
+    def library(self) -> str | None:  # type: ignore[override]
+        return self[0]
+
+    @property
+    def class_name(self) -> str | None:  # type: ignore[override]
+        return self[1]
+
+
+def parse_model_index(data: dict[str, Any], source: Path | str) -> tuple[Any, dict[str, ComponentEntry], dict[str, Any]]:
+    """Split a ``model_index.json`` into (class name, components, pipeline settings); validate it."""
+    class_name = data.get("_class_name")
+    if isinstance(class_name, list):
+        if len(class_name) != 2 or not all(isinstance(x, str) for x in class_name):
+            raise CheckpointError(f"{source}: '_class_name' must be a string or ['module', 'ClassName']")
+    elif not isinstance(class_name, str) or not class_name:
+        raise CheckpointError(f"{source}: '_class_name' is missing or not a string; is this a pipeline folder?")
+    components: dict[str, ComponentEntry] = {}
+    settings: dict[str, Any] = {}
+    for key, value in data.items():
+        if key.startswith("_"):
+            continue
+        if not key.isidentifier():
+            raise CheckpointError(
+                f"{source}: component name {key!r} is not a plain identifier (no '/', '.', '..' or spaces allowed)"
+            )
+        if isinstance(value, list) and len(value) == 2 and all(v is None or isinstance(v, str) for v in value):
+            library, cls = value
+            if (library is None) != (cls is None):
+                raise CheckpointError(f"{source}: entry {key!r} must be [library, ClassName] or [null, null], got {value}")
+            if library is not None and ("/" in library or "\\" in library or ".." in library):
+                raise CheckpointError(f"{source}: entry {key!r} names library {library!r}, which is not a plain name")
+            components[key] = ComponentEntry(library, cls)
+        elif isinstance(value, list) and len(value) == 2:
+            raise CheckpointError(f"{source}: entry {key!r} must be [library, ClassName] or [null, null], got {value}")
+        else:
+            settings[key] = value
+    return class_name, components, settings
+
+
+def _component_kind(class_name: str) -> str | None:
+    for kind in ("model", "scheduler", "processor"):
+        if registry.has(kind, class_name):
+            return kind
+    return None
+
+
+def resolve_component_class(class_name: str, context: str) -> type:
+    """The class registered for a ``["diffusers", class_name]`` entry (model, scheduler or processor)."""
+    kind = _component_kind(class_name)
+    if kind is None:
+        guess = "scheduler" if class_name.endswith("Scheduler") else (
+            "processor" if class_name.endswith("Processor") else "model")
+        kind = guess
+    return registry.get(kind, class_name, context=context)
+
+
+class Pipeline:
+    """Base class of every pipeline; ``DiffusionPipeline`` is the same class.
+
+    Call :meth:`from_pretrained` on ``Pipeline`` to build whatever ``model_index.json`` names,
+    or on a concrete subclass to load a compatible checkpoint into that class.
+    """
+
+    config_name: ClassVar[str] = MODEL_INDEX
+    #: components that may be ``None`` even though ``__init__`` has no default for them
+    optional_components: ClassVar[tuple[str, ...]] = ()
+    #: the order in which model offloading moves components, e.g. ``"text_encoder->unet->vae"``
+    model_cpu_offload_seq: ClassVar[str] = ""
+    _callback_tensor_inputs: ClassVar[tuple[str, ...]] = ("latents",)
+
+    def __init__(self, **kwargs: Any) -> None:
+        names = set(self.component_names())
+        params = self.parameter_names()
+        object.__setattr__(self, "_settings", {})
+        object.__setattr__(self, "_progress_bar_config", {})
+        object.__setattr__(self, "_index_meta", {"_diffusers_version": DIFFUSERS_FORMAT_VERSION})
+        object.__setattr__(self, "_attention_backend", None)
+        for key, value in kwargs.items():
+            if key in names:
+                self._check_component(key, value)
+                object.__setattr__(self, key, value)
+            elif key in params:
+                self._settings[key] = value
+            else:
+                raise TypeError(f"{type(self).__name__} got an unexpected argument {key!r}")
+        missing = names - set(kwargs)
+        if missing:
+            raise TypeError(f"{type(self).__name__} is missing component(s): {', '.join(sorted(missing))}")
+
+    # -- declared structure -----------------------------------------------------------
+    @classmethod
+    def component_names(cls) -> list[str]:
+        """Component names, sorted: ``__init__`` parameters without defaults plus optional components."""
+        if cls.__init__ is Pipeline.__init__:
+            return []
+        names = []
+        for param in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+            if param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+                continue
+            if param.default is inspect.Parameter.empty or param.name in cls.optional_components:
+                names.append(param.name)
+        return sorted(names)
+
+    @classmethod
+    def parameter_names(cls) -> list[str]:
+        """Pipeline settings: ``__init__`` parameters with defaults that are not components."""
+        if cls.__init__ is Pipeline.__init__:
+            return []
+        return sorted(
+            p.name
+            for p in list(inspect.signature(cls.__init__).parameters.values())[1:]
+            if p.default is not inspect.Parameter.empty
+            and p.name not in cls.optional_components
+            and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        )
+
+    def _check_component(self, name: str, value: Any) -> None:
+        if value is None:
+            return
+        current = self.__dict__.get(name)
+        for base in (Scheduler, Model, Processor):
+            if isinstance(current, base) and not isinstance(value, base):
+                raise TypeError(
+                    f"{type(self).__name__}.{name} must be a {base.__name__}, got {type(value).__name__}"
+                )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self.component_names():
+            self._check_component(name, value)
+            if isinstance(value, Model) and self._attention_backend is not None:
+                value.set_attention_backend(self._attention_backend)
+        object.__setattr__(self, name, value)
+
+    @property
+    def components(self) -> dict[str, Any]:
+        """The components by name: ``type(pipe)(**pipe.components)`` builds a sibling sharing weights."""
+        return {name: getattr(self, name) for name in self.component_names()}
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Pipeline settings given at construction or read from ``model_index.json``."""
+        return dict(self._settings)
+
+    @property
+    def name_or_path(self) -> str | None:
+        return self._index_meta.get("_name_or_path")
+
+    def _modules(self) -> list[tuple[str, torch.nn.Module]]:
+        return [(n, c) for n, c in self.components.items() if isinstance(c, torch.nn.Module)]
+
+    # -- device and dtype -------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """The device of the first module (by component name) that is not on the CPU; else the CPU."""
+        modules = self._modules()
+        for _, module in modules:
+            device = _module_device(module)
+            if device.type not in ("cpu", "meta"):
+                return device
+        return _module_device(modules[0][1]) if modules else torch.device("cpu")
+
+    @property
+    def _execution_device(self) -> torch.device:
+        """Where intermediate tensors are created (the offload strategy's device when one is active)."""
+        strategy = getattr(self, "_offload_strategy", None)
+        if strategy is not None:
+            return torch.device(strategy.execution_device)
+        return self.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        modules = self._modules()
+        for _, module in modules:
+            for tensor in module.parameters():
+                if tensor.is_floating_point():
+                    return tensor.dtype
+        return torch.float32
+
+    def to(self, *args: Any, **kwargs: Any) -> Self:
+        """Move every module component: ``to(device)``, ``to(dtype)``, ``to(device, dtype)``; returns ``self``."""
+        device = kwargs.pop("device", None)
+        dtype = kwargs.pop("dtype", None)
+        kwargs.pop("silence_dtype_warnings", None)
+        if kwargs:
+            raise TypeError(f"to() got unexpected arguments: {', '.join(kwargs)}")
+        if len(args) > 2:
+            raise ValueError("to() takes at most a device and a dtype")
+        for arg in args:
+            if isinstance(arg, torch.dtype):
+                if dtype is not None:
+                    raise ValueError("to(): the dtype was given twice")
+                dtype = arg
+            else:
+                if device is not None:
+                    raise ValueError("to(): the device was given twice")
+                if len(args) == 2 and arg is args[1]:
+                    raise ValueError("to(device, dtype): the device comes first")
+                device = arg
+        for _, module in self._modules():
+            module.to(device=device, dtype=dtype)
+        return self
+
+    # -- attention --------------------------------------------------------------------
+    def set_attention_backend(self, backend: Any = "sdpa", **options: Any) -> None:
+        """Use one shared attention backend instance in every attention layer of every model."""
+        from .attention import resolve_backend
+
+        instance = resolve_backend(backend, **options)
+        object.__setattr__(self, "_attention_backend", instance)
+        for _, module in self._modules():
+            if isinstance(module, Model):
+                module.set_attention_backend(instance)
+
+    @property
+    def attention_backend(self) -> str:
+        from .attention import DEFAULT_BACKEND
+
+        return self._attention_backend.name if self._attention_backend is not None else DEFAULT_BACKEND
+
+    # -- progress ---------------------------------------------------------------------
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        """Replace the keyword arguments given to tqdm (``disable=True``, ``desc=...``, ``leave=...``)."""
+        object.__setattr__(self, "_progress_bar_config", dict(kwargs))
+
+    def progress_bar(self, iterable: Iterable[Any] | None = None, total: int | None = None) -> Any:
+        from tqdm.auto import tqdm
+
+        if iterable is None and total is None:
+            raise ValueError("progress_bar() needs an iterable or a total")
+        if iterable is not None:
+            return tqdm(iterable, **self._progress_bar_config)
+        return tqdm(total=total, **self._progress_bar_config)
+
+    numpy_to_pil = staticmethod(numpy_to_pil)
+
+    def run_step_callback(
+        self,
+        callback: Callable[..., dict[str, Any]] | None,
+        step: int,
+        timestep: torch.Tensor,
+        tensors: dict[str, torch.Tensor],
+        names: Sequence[str],
+    ) -> dict[str, torch.Tensor]:
+        """Call ``callback_on_step_end(pipe, step, timestep, {name: tensor})``; apply what it returns.
+
+        ``names`` must be among ``_callback_tensor_inputs``; returned keys replace the tensors.
+        """
+        if callback is None:
+            return tensors
+        unknown = [n for n in names if n not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs {unknown} are not among {list(self._callback_tensor_inputs)}"
+            )
+        returned = callback(self, step, timestep, {n: tensors[n] for n in names}) or {}
+        return {**tensors, **{k: v for k, v in returned.items() if k in tensors}}
+
+    def maybe_free_model_hooks(self) -> None:
+        """Return offloaded components to their resting place; called at the end of every call."""
+        strategy = getattr(self, "_offload_strategy", None)
+        if strategy is not None:
+            strategy.free(self)
+
+    # -- loading ----------------------------------------------------------------------
+    @classmethod
+    def download(cls, pretrained_model_name: str, **kwargs: Any) -> Path:
+        """Fetch what :meth:`from_pretrained` would load from a Hub repo; returns the local folder."""
+        from .pipeline_loading import download_pipeline
+
+        return download_pipeline(cls, pretrained_model_name, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike[str], **kwargs: Any) -> Self:
+        """Load a pipeline from a folder, a Hub repo id, or a name registered by a plugin.
+
+        Keyword arguments: loading options (``torch_dtype`` — a dtype, ``"auto"`` or a dict by
+        component with ``"default"`` —, ``variant``, ``use_safetensors``, ``allow_pickle``,
+        ``revision``, ``cache_dir``, ``force_download``, ``local_files_only``, ``token``,
+        ``proxies``, ``low_cpu_mem_usage``, ``device_map``), component objects that replace
+        loading (``None`` for optional components), and pipeline settings.
+        """
+        from .pipeline_loading import load_pipeline
+
+        return load_pipeline(cls, pretrained_model_name_or_path, **kwargs)
+
+    # -- saving -----------------------------------------------------------------------
+    def model_index(self) -> dict[str, Any]:
+        """What ``save_pretrained`` writes as ``model_index.json``."""
+        from .pipeline_loading import component_entry
+
+        data: dict[str, Any] = {
+            "_class_name": type(self).__name__,
+            "_diffusers_version": self._index_meta.get("_diffusers_version", DIFFUSERS_FORMAT_VERSION),
+        }
+        data.update(self._settings)
+        for name, component in self.components.items():
+            data[name] = list(component_entry(component))
+        return data
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike[str],
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        max_shard_size: int | str | None = None,
+        push_to_hub: bool = False,
+        **push_kwargs: Any,
+    ) -> Path:
+        """Write every component and ``model_index.json``; atomic: a failure changes nothing on disk."""
+        from .pipeline_loading import save_component
+
+        target = Path(save_directory)
+        with atomic_folder(target) as tmp:
+            for name, component in self.components.items():
+                if component is not None:
+                    save_component(
+                        component, tmp / name, safe_serialization=safe_serialization, variant=variant,
+                        max_shard_size=max_shard_size,
+                    )
+            write_json(tmp / MODEL_INDEX, self.model_index())
+        if push_to_hub:
+            from .hub import push_folder
+
+            push_folder(target, **push_kwargs)
+        return target
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Save into a temporary folder and upload it to ``repo_id`` through huggingface_hub."""
+        import tempfile
+
+        from .hub import push_folder
+
+        upload_options = {k: kwargs.pop(k) for k in ("commit_message", "private", "token", "create_pr") if k in kwargs}
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = self.save_pretrained(Path(tmp) / "checkpoint", **kwargs)
+            return push_folder(folder, repo_id, **upload_options)
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{n}={type(c).__name__ if c is not None else None}" for n, c in self.components.items())
+        return f"{type(self).__name__}({parts})"
+
+
+def image_noise_shape(model_config: Any, batch_size: int) -> tuple[int, ...]:
+    """``(batch, in_channels, height, width)`` from a model config (``sample_size`` int or pair)."""
+    size = model_config.sample_size
+    spatial = (size, size) if isinstance(size, int) else tuple(size)
+    return (batch_size, model_config.in_channels, *spatial)
+
+
+def _module_device(module: torch.nn.Module) -> torch.device:
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+DiffusionPipeline = Pipeline
+

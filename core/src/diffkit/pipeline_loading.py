@@ -1,0 +1,296 @@
+"""The ``from_pretrained`` / ``download`` / ``save_pretrained`` flow of pipelines.
+
+Order of work: find the source folder (plugin-registered name, local folder or Hub repo),
+validate ``model_index.json``, pick the pipeline class, then load each component through the
+registry (``diffusers``/``diffkit`` libraries) or a registered component loader (any other
+library). Nothing is imported because a JSON file names it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._fs import safe_child
+from ._registry import registry
+from .config import read_json
+from .dtypes import dtype_for, parse_dtype
+from .errors import CheckpointError
+from .hub import hub_kwargs, is_repo_id
+from .model import Model
+from .pipeline import (
+    LOAD_OPTIONS,
+    MODEL_INDEX,
+    NATIVE_LIBRARIES,
+    ComponentEntry,
+    parse_model_index,
+    resolve_component_class,
+)
+from .processor import Processor
+from .scheduler import Scheduler
+from .weights import select_weight_files
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
+
+logger = logging.getLogger("diffkit.pipeline")
+
+
+# -- sources -------------------------------------------------------------------------------
+def _pretrained_path(name: str) -> Path | None:
+    if not registry.has("pretrained", name):
+        return None
+    value = registry.get("pretrained", name)
+    path = Path(value() if callable(value) else value)
+    if not (path / MODEL_INDEX).is_file():
+        raise CheckpointError(f"pretrained {name!r} points at {path}, which has no {MODEL_INDEX}")
+    return path
+
+
+def _pipeline_class(cls: type[Pipeline], class_name: Any, source: str, custom_pipeline: str | None) -> type[Pipeline]:
+    from .pipeline import Pipeline
+
+    if custom_pipeline is not None:
+        if isinstance(custom_pipeline, str) and registry.has("pipeline", custom_pipeline):
+            return registry.get("pipeline", custom_pipeline)
+        raise CheckpointError(
+            f"custom_pipeline={custom_pipeline!r} is not an installed pipeline; install the package that "
+            "provides it (see `diffkit list pipeline --available`)"
+        )
+    if cls is not Pipeline:
+        return cls
+    if isinstance(class_name, list):
+        raise CheckpointError(
+            f"{source}: _class_name {class_name} points at custom code in the checkpoint, which needs "
+            "trust_remote_code=True"
+        )
+    return registry.get("pipeline", class_name, context=source)
+
+
+# -- component classes ---------------------------------------------------------------------
+def _loader_for(library: str, context: str) -> Any:
+    loader_cls = registry.get("component_loader", library, context=context)
+    return loader_cls() if isinstance(loader_cls, type) else loader_cls
+
+
+def _component_target(name: str, entry: ComponentEntry, source: str) -> tuple[str, Any]:
+    """("class", cls) for diffusers/diffkit entries, ("loader", loader) for other libraries."""
+    context = f"component {name!r} in {source}"
+    assert entry.library is not None and entry.class_name is not None
+    if entry.library in NATIVE_LIBRARIES:
+        return "class", resolve_component_class(entry.class_name, context)
+    loader = _loader_for(entry.library, context)
+    if not loader.can_load(entry.class_name):
+        raise CheckpointError(f"{context}: the {entry.library!r} loader does not know class {entry.class_name!r}")
+    return "loader", loader
+
+
+def _has_variant(folder: Path, variant: str) -> bool:
+    return folder.is_dir() and any(variant in p.name.split(".")[1:-1] or f".{variant}-" in p.name
+                                   for p in folder.iterdir())
+
+
+# -- loading -------------------------------------------------------------------------------
+def load_pipeline(cls: type[Pipeline], source: str | os.PathLike[str], **kwargs: Any) -> Pipeline:
+    options = {k: kwargs.pop(k) for k in LOAD_OPTIONS if k in kwargs}
+    torch_dtype = options.get("torch_dtype")
+    if isinstance(torch_dtype, dict):
+        for key, value in torch_dtype.items():
+            parse_dtype(value, f"torch_dtype[{key!r}]")
+    else:
+        parse_dtype(torch_dtype)
+    from .model import _single_device
+
+    _single_device(options.get("device_map"))
+
+    folder = _resolve_source(cls, source, kwargs, options)
+    index_path = folder / MODEL_INDEX
+    class_name, entries, settings = parse_model_index(read_json(index_path, "model_index.json"), index_path)
+    where = f"{MODEL_INDEX} in {folder}"
+    pipeline_cls = _pipeline_class(cls, class_name, where, options.get("custom_pipeline"))
+
+    expected = pipeline_cls.component_names()
+    optional = set(pipeline_cls.optional_components)
+    params = set(pipeline_cls.parameter_names())
+    passed = {k: kwargs.pop(k) for k in list(kwargs) if k in expected}
+    init_settings = {k: v for k, v in settings.items() if k in params}
+    init_settings.update({k: kwargs.pop(k) for k in list(kwargs) if k in params})
+    if kwargs:
+        logger.warning(
+            "Keyword arguments %s are not expected by %s and will be ignored", sorted(kwargs), pipeline_cls.__name__
+        )
+
+    variant = options.get("variant")
+    to_load = [n for n in expected if n not in passed and n in entries and entries[n].library is not None]
+    if variant and to_load and not any(_has_variant(folder / n, variant) for n in to_load):
+        raise CheckpointError(f"variant {variant!r} was requested but no component folder of {folder} has it")
+
+    components: dict[str, Any] = dict(passed)
+    from tqdm.auto import tqdm
+
+    disable = len(to_load) < 2 or os.environ.get("DIFFKIT_DISABLE_PROGRESS") == "1"
+    for name in tqdm(to_load, desc="Loading pipeline components", disable=disable):
+        components[name] = _load_component(name, entries[name], folder, options, where)
+    for name in expected:
+        if name in components:
+            continue
+        entry = entries.get(name)
+        if name in optional or (entry is not None and entry.library is None and name in optional):
+            components[name] = None
+        elif entry is not None and entry.library is None:
+            raise CheckpointError(f"{where}: component {name!r} is [null, null] but {pipeline_cls.__name__} requires it; pass {name}=...")
+        else:
+            raise CheckpointError(
+                f"{where} declares no component {name!r}, which {pipeline_cls.__name__} requires; pass {name}=... "
+                f"(it declares: {', '.join(sorted(entries)) or 'nothing'})"
+            )
+    pipe = pipeline_cls(**components, **init_settings)
+    meta = {"_name_or_path": str(source)}
+    index = read_json(index_path, "model_index.json")
+    if isinstance(index.get("_diffusers_version"), str):
+        meta["_diffusers_version"] = index["_diffusers_version"]
+    pipe._index_meta.update(meta)
+    registry.hook.pipeline_loaded(pipeline=pipe, source=str(source))
+    return pipe
+
+
+def _resolve_source(cls: type[Pipeline], source: str | os.PathLike[str], passed: dict[str, Any],
+                    options: dict[str, Any]) -> Path:
+    if not isinstance(source, os.PathLike):
+        pretrained = _pretrained_path(str(source))
+        if pretrained is not None:
+            return pretrained
+    path = Path(source)
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"{path} is not a folder; pass a pipeline folder or a Hub repo id")
+        return path
+    if isinstance(source, os.PathLike) or not is_repo_id(str(source)):
+        raise CheckpointError(
+            f"{str(source)!r} is not an existing folder, a Hub repo id ('org/name') or a registered pretrained name"
+            f" (registered: {', '.join(registry.names('pretrained')) or 'none'})"
+        )
+    return download_pipeline(cls, str(source), _passed=passed, **options)
+
+
+def _load_component(name: str, entry: ComponentEntry, root: Path, options: dict[str, Any], where: str) -> Any:
+    folder = safe_child(root, name, f"{where}: component name")
+    if not folder.is_dir():
+        raise CheckpointError(f"{where} declares component {name!r} but the folder {folder} does not exist")
+    how, target = _component_target(name, entry, where)
+    dtype = dtype_for(options.get("torch_dtype"), name)
+    variant = options.get("variant")
+    if variant and not _has_variant(folder, variant):
+        logger.warning("component %r has no %r variant files; loading its default weights", name, variant)
+        variant = None
+    if how == "loader":
+        return target.load(entry.class_name, folder, torch_dtype=dtype, variant=variant,
+                           use_safetensors=options.get("use_safetensors"), allow_pickle=options.get("allow_pickle", False))
+    if issubclass(target, Model):
+        return target.from_pretrained(
+            folder,
+            torch_dtype=dtype,
+            variant=variant,
+            use_safetensors=options.get("use_safetensors"),
+            allow_pickle=options.get("allow_pickle", False),
+            device_map=options.get("device_map"),
+            low_cpu_mem_usage=options.get("low_cpu_mem_usage", True),
+        )
+    if issubclass(target, (Scheduler, Processor)):
+        return target.from_pretrained(folder)
+    raise CheckpointError(f"{where}: {entry.class_name} (component {name!r}) is not a model, scheduler or processor")
+
+
+# -- Hub -----------------------------------------------------------------------------------
+def download_pipeline(cls: type[Pipeline], repo_id: str, *, _passed: dict[str, Any] | None = None, **options: Any) -> Path:
+    """Fetch ``model_index.json`` and then only the files of the components that will be loaded."""
+    from huggingface_hub import HfApi, hf_hub_download
+
+    from .hub import download_files
+
+    hub = hub_kwargs(
+        revision=options.get("revision"), cache_dir=options.get("cache_dir"),
+        force_download=options.get("force_download", False), local_files_only=options.get("local_files_only"),
+        token=options.get("token"), proxies=options.get("proxies"),
+    )
+    if hub["local_files_only"]:
+        return download_files(repo_id, ["*"], **hub)
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        api = HfApi(token=hub["token"])
+        info = api.repo_info(repo_id, revision=hub["revision"])
+        files = {f.path for f in api.list_repo_tree(repo_id, recursive=True, revision=info.sha) if hasattr(f, "size")}
+    except HfHubHTTPError as exc:
+        raise CheckpointError(f"cannot list the files of Hub repo {repo_id!r}: {exc}") from None
+    download = {k: v for k, v in hub.items() if k not in ("revision", "local_files_only")}
+    index_file = Path(hf_hub_download(repo_id, MODEL_INDEX, revision=info.sha, **download))
+    root = index_file.parent
+    class_name, entries, _ = parse_model_index(read_json(index_file, "model_index.json"), f"{repo_id}/{MODEL_INDEX}")
+    pipeline_cls = _pipeline_class(cls, class_name, f"{MODEL_INDEX} of {repo_id}", options.get("custom_pipeline"))
+    passed = _passed or {}
+    wanted: list[str] = []
+    for name in pipeline_cls.component_names():
+        entry = entries.get(name)
+        if name in passed or entry is None or entry.library is None:
+            continue
+        wanted += _component_files(name, entry, files, options, repo_id)
+    for filename in sorted(set(wanted)):
+        hf_hub_download(repo_id, filename, revision=info.sha, **download)
+    return root
+
+
+def _component_files(name: str, entry: ComponentEntry, files: set[str], options: dict[str, Any], repo_id: str) -> list[str]:
+    prefix = f"{name}/"
+    in_folder = sorted(f for f in files if f.startswith(prefix))
+    how, target = _component_target(name, entry, f"{MODEL_INDEX} of {repo_id}")
+    if how == "loader":
+        return [f for f in in_folder if target_files_match(target, f)]
+    if issubclass(target, Model):
+        names = {f[len(prefix):] for f in in_folder}
+        variant = options.get("variant")
+        if variant and not any(variant in n.split(".")[1:-1] or f".{variant}-" in n for n in names):
+            variant = None
+        chosen = select_weight_files(names, target.weights_name, variant, options.get("use_safetensors"),
+                                     options.get("allow_pickle", False))
+        return [f"{prefix}{target.config_name}", *(prefix + n for n in chosen)]
+    return [f for f in in_folder if f.endswith(".json")]
+
+
+def target_files_match(loader: Any, filename: str) -> bool:
+    """Files a component loader needs: all but other formats' weights."""
+    wanted = getattr(loader, "wanted_file", None)
+    if wanted is not None:
+        return bool(wanted(filename))
+    return not filename.endswith((".bin", ".msgpack", ".h5", ".onnx", ".pb", ".ot"))
+
+
+# -- saving --------------------------------------------------------------------------------
+def component_entry(component: Any) -> ComponentEntry:
+    """The ``[library, ClassName]`` written for a component (``diffusers`` for our own classes)."""
+    if component is None:
+        return ComponentEntry(None, None)
+    if isinstance(component, (Model, Scheduler, Processor)):
+        return ComponentEntry("diffusers", type(component).__name__)
+    for loader_entry in registry.entries("component_loader"):
+        loader = _loader_for(loader_entry.name, "save_pretrained")
+        if loader.owns(component):
+            return ComponentEntry(loader_entry.name, type(component).__name__)
+    raise CheckpointError(
+        f"cannot save a component of type {type(component).__name__}: it is not a diffkit model, scheduler or "
+        "processor, and no component loader owns it"
+    )
+
+
+def save_component(component: Any, folder: Path, **options: Any) -> None:
+    if isinstance(component, Model):
+        kwargs = {k: v for k, v in options.items() if v is not None}
+        component.save_pretrained(folder, **kwargs)
+    elif isinstance(component, (Scheduler, Processor)):
+        component.save_pretrained(folder)
+    else:
+        entry = component_entry(component)
+        _loader_for(entry.library, "save_pretrained").save(component, folder, **options)
+

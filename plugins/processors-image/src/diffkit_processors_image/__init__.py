@@ -1,0 +1,1 @@
+"""diffkit plugin: image pre/post-processing shared by image pipelines."""
