@@ -1,0 +1,88 @@
+"""Benchmark: `from_pretrained` time and peak RSS of a ~113M-parameter UNet2DModel, diffkit vs diffusers.
+
+The checkpoint has the google/ddpm-ema-church-256 architecture with random weights saved by
+diffusers. Each load runs in a fresh subprocess so that peak RSS (ru_maxrss) belongs to that
+load alone. Run: python tests/benchmarks/bench_loading.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CHURCH_256 = dict(
+    sample_size=256,
+    in_channels=3,
+    out_channels=3,
+    layers_per_block=2,
+    block_out_channels=(128, 128, 256, 256, 512, 512),
+    down_block_types=("DownBlock2D",) * 4 + ("AttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4,
+)
+
+LOAD = """
+import json, resource, sys, time
+import torch
+t0 = time.perf_counter()
+if sys.argv[1] == "diffkit":
+    from diffkit_models_unet.unet_2d import UNet2DModel
+else:
+    from diffusers import UNet2DModel
+model = UNet2DModel.from_pretrained(sys.argv[2])
+elapsed = time.perf_counter() - t0
+n = sum(p.numel() for p in model.parameters())
+print(json.dumps({"seconds": elapsed, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "params": n}))
+"""
+
+BASELINE = """
+import json, resource, time
+t0 = time.perf_counter()
+import torch
+print(json.dumps({"seconds": time.perf_counter() - t0,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def run(code: str, *args: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    import torch
+    from diffusers import UNet2DModel
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "unet"
+        torch.manual_seed(0)
+        UNet2DModel(**CHURCH_256).save_pretrained(path)
+        base = run(BASELINE)
+        results: dict[str, list[dict]] = {"diffkit": [], "diffusers": []}
+        for _ in range(args.repeats):
+            for lib in results:  # interleaved, so drift hits both alike
+                results[lib].append(run(LOAD, lib, str(path)))
+    params = results["diffkit"][0]["params"]
+    print(f"UNet2DModel (ddpm-ema-church-256 layout), {params / 1e6:.1f}M parameters, float32 safetensors")
+    print(f"baseline (python + import torch): peak RSS {base['peak_rss_mb']:.0f} MB")
+    summary = {}
+    for lib, runs in results.items():
+        t = statistics.median(r["seconds"] for r in runs)
+        rss = statistics.median(r["peak_rss_mb"] for r in runs)
+        summary[lib] = (t, rss)
+        print(f"{lib:10s} from_pretrained {t:6.2f} s (incl. imports)   peak RSS {rss:7.0f} MB")
+    (t_k, r_k), (t_d, r_d) = summary["diffkit"], summary["diffusers"]
+    print(f"ratio diffkit/diffusers: time {t_k / t_d:.2f}x, peak RSS {r_k / r_d:.2f}x, "
+          f"RSS above baseline {(r_k - base['peak_rss_mb']) / (r_d - base['peak_rss_mb']):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
