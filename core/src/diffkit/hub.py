@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError
-from .weights import _formats, weight_file_candidates
+from .weights import SHARD_GLOB, _formats, weight_file_candidates
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
@@ -32,7 +33,7 @@ def hub_kwargs(
 ) -> dict[str, Any]:
     """The keyword arguments that go to ``huggingface_hub`` download functions."""
     if local_files_only is None:
-        local_files_only = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false")
+        local_files_only = is_offline()
     kwargs: dict[str, Any] = {
         "revision": revision,
         "cache_dir": cache_dir,
@@ -43,6 +44,44 @@ def hub_kwargs(
     if proxies:
         kwargs["proxies"] = proxies  # older huggingface_hub releases only
     return kwargs
+
+
+def is_offline() -> bool:
+    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) as huggingface_hub reads it: 1/ON/YES/TRUE, any case."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.upper() in ("1", "ON", "YES", "TRUE")
+
+
+def network_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean "the Hub cannot be reached" for the installed huggingface_hub.
+
+    Its HTTP library (``requests`` in older releases, ``httpx``/``httpx2`` later) is already
+    imported when a call fails, so only the modules already loaded are looked at.
+    """
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    found: list[type[BaseException]] = [OfflineModeIsEnabled]
+    for module_name, names in (("httpx2", ("TransportError",)), ("httpx", ("TransportError",)),
+                               ("requests", ("ConnectionError", "Timeout"))):
+        module = sys.modules.get(module_name)
+        found += [getattr(module, n) for n in names if module is not None and hasattr(module, n)]
+    return tuple(found)
+
+
+def hub_error(repo_id: str, revision: str | None, exc: BaseException) -> CheckpointError:
+    """One clear :class:`CheckpointError` naming ``repo_id`` for an error of huggingface_hub."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    if isinstance(exc, RepositoryNotFoundError):
+        return CheckpointError(f"{repo_id!r} is not a Hub repo (or it is private or gated: pass token=...)")
+    if isinstance(exc, RevisionNotFoundError):
+        return CheckpointError(f"Hub repo {repo_id!r} has no revision {revision!r} (no such branch, tag or commit)")
+    if isinstance(exc, LocalEntryNotFoundError):
+        return CheckpointError(
+            f"{repo_id!r} is not in the local Hub cache and cannot be downloaded now (local_files_only, "
+            f"HF_HUB_OFFLINE, or the Hub is unreachable); run once online or pass a local folder ({exc})"
+        )
+    return CheckpointError(f"downloading {repo_id!r} failed: {exc}")
 
 
 def _check_source(path_or_repo: str | os.PathLike[str]) -> tuple[Path | None, str | None]:
@@ -63,27 +102,13 @@ def _check_source(path_or_repo: str | os.PathLike[str]) -> tuple[Path | None, st
 def download_files(repo_id: str, allow_patterns: list[str], **kwargs: Any) -> Path:
     """``snapshot_download`` of the matching files; maps Hub errors to one clear message."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     kwargs = {k: v for k, v in kwargs.items() if k != "proxies"}
     try:
         return Path(snapshot_download(repo_id, allow_patterns=allow_patterns, **kwargs))
-    except RepositoryNotFoundError:
-        raise CheckpointError(f"{repo_id!r} is not a Hub repo (or it is private: pass token=...)") from None
-    except RevisionNotFoundError:
-        raise CheckpointError(f"{repo_id!r} has no revision {kwargs.get('revision')!r}") from None
-    except LocalEntryNotFoundError as exc:
-        raise CheckpointError(
-            f"{repo_id!r} is not in the local Hub cache and downloading is off (local_files_only or "
-            f"HF_HUB_OFFLINE); run once online or pass a local folder ({exc})"
-        ) from None
-    except HfHubHTTPError as exc:
-        raise CheckpointError(f"downloading {repo_id!r} failed: {exc}") from None
+    except (HfHubHTTPError, LocalEntryNotFoundError) as exc:
+        raise hub_error(repo_id, kwargs.get("revision"), exc) from None
 
 
 def resolve_model_folder(
@@ -108,11 +133,13 @@ def resolve_model_folder(
         return folder
     assert repo_id is not None
     prefix = f"{subfolder}/" if subfolder else ""
-    stem = f"{weights_name}.{variant}" if variant else weights_name
     patterns = [prefix + config_name]
     for ext in _formats(use_safetensors, allow_pickle):
         patterns += [prefix + n for n in weight_file_candidates(weights_name, ext, variant)]
-        patterns.append(f"{prefix}{stem}-*-of-*.{ext}")
+        if variant:  # diffusers' name (a-00001-of-00002.fp16.ext), then the legacy one (a.fp16-00001-of-00002.ext)
+            patterns += [f"{prefix}{weights_name}{SHARD_GLOB}.{variant}.{ext}", f"{prefix}{weights_name}.{variant}{SHARD_GLOB}.{ext}"]
+        else:
+            patterns.append(f"{prefix}{weights_name}{SHARD_GLOB}.{ext}")
     root = download_files(repo_id, patterns, **hub_kwargs(**hub))
     folder = root / subfolder if subfolder else root
     if not (folder / config_name).is_file():

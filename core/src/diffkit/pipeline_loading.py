@@ -205,10 +205,15 @@ def _load_component(name: str, entry: ComponentEntry, root: Path, options: dict[
 
 # -- Hub -----------------------------------------------------------------------------------
 def download_pipeline(cls: type[Pipeline], repo_id: str, *, _passed: dict[str, Any] | None = None, **options: Any) -> Path:
-    """Fetch ``model_index.json`` and then only the files of the components that will be loaded."""
-    from huggingface_hub import HfApi, hf_hub_download
+    """Fetch ``model_index.json`` and then only the files of the components that will be loaded.
 
-    from .hub import download_files
+    Offline (``local_files_only``, ``HF_HUB_OFFLINE``), or when the Hub cannot be reached, the
+    snapshot already in the cache is returned without any request.
+    """
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    from .hub import download_files, hub_error, network_errors
 
     hub = hub_kwargs(
         revision=options.get("revision"), cache_dir=options.get("cache_dir"),
@@ -216,18 +221,37 @@ def download_pipeline(cls: type[Pipeline], repo_id: str, *, _passed: dict[str, A
         token=options.get("token"), proxies=options.get("proxies"),
     )
     if hub["local_files_only"]:
-        return download_files(repo_id, ["*"], **hub)
-    from huggingface_hub.errors import HfHubHTTPError
-
+        # Only model_index.json must be there: the snapshot holds the files of the components
+        # loaded before, not the whole repo, and loading names whatever else is missing.
+        return download_files(repo_id, [MODEL_INDEX], **hub)
+    download = {k: v for k, v in hub.items() if k not in ("revision", "local_files_only", "proxies")}
     try:
         api = HfApi(token=hub["token"])
         info = api.repo_info(repo_id, revision=hub["revision"])
         files = {f.path for f in api.list_repo_tree(repo_id, recursive=True, revision=info.sha) if hasattr(f, "size")}
+        if MODEL_INDEX not in files:
+            raise CheckpointError(f"Hub repo {repo_id!r} has no {MODEL_INDEX}: it is not a pipeline repo")
+        # Asked for by the revision given (not the sha) so that the cache records the commit it
+        # names: offline loading by that revision finds this snapshot.
+        index_file = Path(hf_hub_download(repo_id, MODEL_INDEX, revision=hub["revision"], **download))
     except HfHubHTTPError as exc:
-        raise CheckpointError(f"cannot list the files of Hub repo {repo_id!r}: {exc}") from None
-    download = {k: v for k, v in hub.items() if k not in ("revision", "local_files_only")}
-    index_file = Path(hf_hub_download(repo_id, MODEL_INDEX, revision=info.sha, **download))
+        raise hub_error(repo_id, hub["revision"], exc) from None
+    except (LocalEntryNotFoundError, *network_errors()) as exc:
+        logger.warning("cannot reach the Hub (%s: %s); using the cached snapshot of %r", type(exc).__name__, exc,
+                       repo_id)
+        try:
+            return download_files(repo_id, [MODEL_INDEX], **{**hub, "local_files_only": True})
+        except CheckpointError:
+            raise CheckpointError(
+                f"cannot reach the Hub to download {repo_id!r} ({type(exc).__name__}: {exc}) and it is not in the "
+                "local Hub cache"
+            ) from None
     root = index_file.parent
+    if root.name != info.sha:
+        raise CheckpointError(
+            f"Hub repo {repo_id!r} changed while it was being downloaded (revision {hub['revision'] or 'main'!r} "
+            f"moved from {info.sha} to {root.name}); try again"
+        )
     class_name, entries, _ = parse_model_index(read_json(index_file, "model_index.json"), f"{repo_id}/{MODEL_INDEX}")
     pipeline_cls = _pipeline_class(cls, class_name, f"{MODEL_INDEX} of {repo_id}", options.get("custom_pipeline"))
     passed = _passed or {}
@@ -237,8 +261,12 @@ def download_pipeline(cls: type[Pipeline], repo_id: str, *, _passed: dict[str, A
         if name in passed or entry is None or entry.library is None:
             continue
         wanted += _component_files(name, entry, files, options, repo_id)
-    for filename in sorted(set(wanted)):
-        hf_hub_download(repo_id, filename, revision=info.sha, **download)
+    # Files the listing lacks are not asked for: loading then says what the component misses.
+    for filename in sorted(set(wanted) & files):
+        try:
+            hf_hub_download(repo_id, filename, revision=info.sha, **download)
+        except (HfHubHTTPError, LocalEntryNotFoundError, *network_errors()) as exc:
+            raise CheckpointError(f"downloading {filename} of Hub repo {repo_id!r} failed: {exc}") from None
     return root
 
 

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 SAFETENSORS = "safetensors"
 PICKLE = "bin"
+#: the shard suffix every writer uses (huggingface_hub, diffusers, transformers): ``-00001-of-00002``
+SHARD_GLOB = "-" + "[0-9]" * 5 + "-of-" + "[0-9]" * 5
 
 
 def with_variant(filename: str, variant: str | None) -> str:
@@ -67,9 +69,9 @@ def select_weight_files(
             if ".index." not in name:
                 return [name]
             stem = f"{base}.{variant}" if variant else base
-            shards = [n for n in names if fnmatch.fnmatch(n, f"{stem}-*-of-*.{ext}")]
+            shards = [n for n in names if fnmatch.fnmatch(n, f"{stem}{SHARD_GLOB}.{ext}")]
             if variant:
-                shards += [n for n in names if fnmatch.fnmatch(n, f"{base}-*-of-*.{variant}.{ext}")]
+                shards += [n for n in names if fnmatch.fnmatch(n, f"{base}{SHARD_GLOB}.{variant}.{ext}")]
             return [name, *sorted(shards)]
     return []
 
