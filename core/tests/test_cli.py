@@ -468,16 +468,16 @@ def test_info_remote_code_pipeline_is_not_missing(reg, capsys, tmp_path):
     [
         ("{not json", "is not valid JSON (line 1"),
         ("[1, 2]", "must hold a JSON object, found list"),
-        (json.dumps({"unet": ["diffusers", "ToyModel"]}), "has no '_class_name'"),
+        (json.dumps({"unet": ["diffusers", "ToyModel"]}), "'_class_name' is missing"),
         (json.dumps({"_class_name": "a/b"}), "'_class_name' must be a class name"),
         (json.dumps({"_class_name": "P", "../unet": ["diffusers", "M"]}), "component name '../unet' is not a plain"),
         (json.dumps({"_class_name": "P", "unet/x": ["diffusers", "M"]}), "component name 'unet/x' is not a plain"),
         (
             json.dumps({"_class_name": "P", "unet": ["diffusers", None]}),
-            "component 'unet' must be [library, ClassName]",
+            "entry 'unet' must be [library, ClassName]",
         ),
-        (json.dumps({"_class_name": "P", "unet": ["../lib", "M"]}), "component 'unet' must be [library, ClassName]"),
-        (json.dumps({"_class_name": "P", "unet": ["diffusers", 3]}), "component 'unet' must be [library, ClassName]"),
+        (json.dumps({"_class_name": "P", "unet": ["../lib", "M"]}), "entry 'unet' must be [library, ClassName]"),
+        (json.dumps({"_class_name": "P", "unet": ["diffusers", 3]}), "entry 'unet' must be [library, ClassName]"),
     ],
 )
 def test_info_bad_model_index_is_one_line_naming_the_file(reg, capsys, tmp_path, content, needle):

@@ -163,7 +163,7 @@ def test_optional_component_none_and_required_missing(checkpoint):
         ('{"_class_name": "ToyPipeline", "../evil": ["diffusers", "ToyModel"]}', "'../evil' is not a plain identifier"),
         ('{"_class_name": "ToyPipeline", "a/b": ["diffusers", "ToyModel"]}', "'a/b' is not a plain identifier"),
         ('{"_class_name": "ToyPipeline", "model": ["diffusers", null]}', r"must be \[library, ClassName\]"),
-        ('{"_class_name": "ToyPipeline", "model": ["../x", "ToyModel"]}', "not a plain name"),
+        ('{"_class_name": "ToyPipeline", "model": ["../x", "ToyModel"]}', r"entry 'model' must be \[library, ClassName\]"),
     ],
 )
 def test_malformed_model_index(toys, tmp_path, content, message):

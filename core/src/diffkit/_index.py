@@ -98,7 +98,7 @@ def not_found_error(registry: Registry, kind: str, name: str, context: str = "")
     if lines:
         message += "\n" + "\n".join(lines)
     else:
-        close = difflib.get_close_matches(name, installed, n=3)
+        close = difflib.get_close_matches(name, installed, n=3, cutoff=0.75)
         if close:
             message += f" Did you mean {' or '.join(repr(c) for c in close)}?"
         message += f"\nInstalled {plural}: {', '.join(installed) if installed else '(none)'}"
@@ -109,7 +109,7 @@ def not_found_error(registry: Registry, kind: str, name: str, context: str = "")
         message,
         kind=kind,
         name=name,
-        candidates=difflib.get_close_matches(name, installed, n=3),
+        candidates=difflib.get_close_matches(name, installed, n=3, cutoff=0.75),
         suggested_packages=providers,
         load_errors=load_errors,
     )

@@ -85,16 +85,6 @@ class PluginInfo:
     error: str | None = None
     provides: dict[str, list[str]] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.dist,
-            "version": self.version,
-            "hook_module": self.hook_module,
-            "status": self.status,
-            "error": self.error,
-            "provides": {kind: sorted(names) for kind, names in self.provides.items() if names},
-        }
-
 
 @dataclass
 class _State:

@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 
 from . import __version__
 from ._registry import INDEX_KEYS, KINDS, registry, resolve_target
-from .errors import ComponentNotFoundError, DiffkitError, DuplicateNameError, PluginError
+from .errors import CheckpointError, ComponentNotFoundError, DiffkitError, DuplicateNameError, PluginError
 
 #: ``model_index.json`` libraries whose classes the registry itself provides
 DIFFKIT_LIBRARIES = ("diffusers", "diffkit")
@@ -379,53 +379,22 @@ def _dotted_identifier(value: Any) -> bool:
 
 def _read_json_object(path: Path) -> dict[str, Any]:
     """A JSON object from ``path``; every problem is one line naming the file."""
+    from .checkpoint import read_json
+
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CLIError(f"{path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CLIError(f"{path} cannot be read: {exc}") from None
+        return read_json(path, "file")
+    except CheckpointError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def parse_model_index(data: dict[str, Any], path: Path) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """The loader's own validation of ``model_index.json``, with its error as a CLI error."""
+    from .checkpoint import parse_model_index as parse
+
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CLIError(f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    if not isinstance(data, dict):
-        raise CLIError(f"{path} must hold a JSON object, found {type(data).__name__}")
-    return data
-
-
-def parse_model_index(data: dict[str, Any], path: Path) -> tuple[Any, list[tuple[str, Any, Any]], dict[str, Any]]:
-    """Validate a ``model_index.json``: (``_class_name``, components, pipeline parameters).
-
-    The rules are the loader's: every key is a plain identifier; a 2-list of strings or nulls is
-    a component, ``[library, ClassName]`` or ``[null, null]``; anything else is a pipeline parameter.
-    """
-    class_name = data.get("_class_name")
-    if class_name is None:
-        raise CLIError(f"{path} has no '_class_name': it does not say which pipeline it is")
-    custom = isinstance(class_name, list)
-    if custom and not (len(class_name) == 2 and _dotted_identifier(class_name[0]) and _plain_identifier(class_name[1])):
-        raise CLIError(f"{path}: '_class_name' must be a class name or [module, ClassName], found {class_name!r}")
-    if not custom and not _plain_identifier(class_name):
-        raise CLIError(f"{path}: '_class_name' must be a class name, found {class_name!r}")
-    components: list[tuple[str, Any, Any]] = []
-    parameters: dict[str, Any] = {}
-    for key, value in data.items():
-        if key.startswith("_"):
-            continue
-        if not _plain_identifier(key):
-            raise CLIError(f"{path}: component name {key!r} is not a plain identifier (no '/', '.', '..' or spaces)")
-        if not (isinstance(value, list) and len(value) == 2):
-            parameters[key] = value
-            continue
-        library, cls = value
-        if library is None and cls is None:
-            components.append((key, None, None))
-            continue
-        if not (_dotted_identifier(library) and _plain_identifier(cls)):
-            raise CLIError(f"{path}: component {key!r} must be [library, ClassName] or [null, null], found {value!r}")
-        components.append((key, library, cls))
-    return class_name, components, parameters
+        return parse(data, path)
+    except CheckpointError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def _hub_file(repo_id: str, args: argparse.Namespace) -> Path:
@@ -609,7 +578,7 @@ def inspect_checkpoint(file: Path, source: str) -> Report:
                 lookup("pipeline", class_name, context),
                 parameters=parameters,
             )
-        for name, library, cls in entries:
+        for name, (library, cls) in entries.items():
             component = Component(name, library, cls)
             if library in DIFFKIT_LIBRARIES:
                 component.found = lookup_class(cls, context)

@@ -9,10 +9,8 @@ back (reported once), and ``_``-prefixed metadata such as ``_class_name`` and
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -20,6 +18,7 @@ from typing import Any, ClassVar, Self
 import pydantic
 from pydantic import ConfigDict, PrivateAttr
 
+from .checkpoint import read_json, write_json
 from .errors import CheckpointError, ConfigError
 
 logger = logging.getLogger("diffkit.config")
@@ -28,40 +27,6 @@ logger = logging.getLogger("diffkit.config")
 DIFFUSERS_FORMAT_VERSION = "0.42.1"
 
 _reported: set[tuple[str, frozenset[str]]] = set()
-
-
-def read_json(path: str | os.PathLike[str], what: str = "config file") -> dict[str, Any]:
-    """Read a JSON object from ``path``; any problem names the file."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CheckpointError(f"{what} {path} does not exist") from None
-    except OSError as exc:
-        raise CheckpointError(f"{what} {path} cannot be read: {exc}") from exc
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(
-            f"{what} {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
-        ) from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{what} {path} must hold a JSON object, found {type(data).__name__}")
-    return data
-
-
-def write_json(path: str | os.PathLike[str], data: Mapping[str, Any]) -> None:
-    """Write ``data`` as diffusers does (sorted keys, indent 2, trailing newline), atomically."""
-    path = Path(path)
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _format_validation_error(exc: pydantic.ValidationError, owner: str, source: str | None) -> str:

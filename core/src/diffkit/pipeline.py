@@ -20,8 +20,8 @@ import torch
 
 from ._fs import atomic_folder
 from ._registry import registry
-from .config import DIFFUSERS_FORMAT_VERSION, write_json
-from .errors import CheckpointError
+from .checkpoint import MODEL_INDEX, write_json
+from .config import DIFFUSERS_FORMAT_VERSION
 from .model import Model
 from .outputs import numpy_to_pil
 from .processor import Processor
@@ -29,7 +29,6 @@ from .scheduler import Scheduler
 
 logger = logging.getLogger("diffkit.pipeline")
 
-MODEL_INDEX = "model_index.json"
 #: libraries whose classes diffkit plugins provide under the same names
 NATIVE_LIBRARIES = ("diffusers", "diffkit")
 #: loading options that are not components or pipeline settings
@@ -38,56 +37,6 @@ LOAD_OPTIONS = (
     "local_files_only", "token", "proxies", "low_cpu_mem_usage", "device_map", "custom_pipeline",
     "custom_revision", "trust_remote_code", "output_loading_info",
 )
-
-
-class ComponentEntry(tuple):
-    """``(library, class_name)`` of one ``model_index.json`` entry; both ``None`` when absent."""
-
-    library: str | None
-    class_name: str | None
-
-    def __new__(cls, library: str | None, class_name: str | None) -> ComponentEntry:
-        self = super().__new__(cls, (library, class_name))
-        return self
-
-    @property
-    def library(self) -> str | None:  # type: ignore[override]
-        return self[0]
-
-    @property
-    def class_name(self) -> str | None:  # type: ignore[override]
-        return self[1]
-
-
-def parse_model_index(data: dict[str, Any], source: Path | str) -> tuple[Any, dict[str, ComponentEntry], dict[str, Any]]:
-    """Split a ``model_index.json`` into (class name, components, pipeline settings); validate it."""
-    class_name = data.get("_class_name")
-    if isinstance(class_name, list):
-        if len(class_name) != 2 or not all(isinstance(x, str) for x in class_name):
-            raise CheckpointError(f"{source}: '_class_name' must be a string or ['module', 'ClassName']")
-    elif not isinstance(class_name, str) or not class_name:
-        raise CheckpointError(f"{source}: '_class_name' is missing or not a string; is this a pipeline folder?")
-    components: dict[str, ComponentEntry] = {}
-    settings: dict[str, Any] = {}
-    for key, value in data.items():
-        if key.startswith("_"):
-            continue
-        if not key.isidentifier():
-            raise CheckpointError(
-                f"{source}: component name {key!r} is not a plain identifier (no '/', '.', '..' or spaces allowed)"
-            )
-        if isinstance(value, list) and len(value) == 2 and all(v is None or isinstance(v, str) for v in value):
-            library, cls = value
-            if (library is None) != (cls is None):
-                raise CheckpointError(f"{source}: entry {key!r} must be [library, ClassName] or [null, null], got {value}")
-            if library is not None and ("/" in library or "\\" in library or ".." in library):
-                raise CheckpointError(f"{source}: entry {key!r} names library {library!r}, which is not a plain name")
-            components[key] = ComponentEntry(library, cls)
-        elif isinstance(value, list) and len(value) == 2:
-            raise CheckpointError(f"{source}: entry {key!r} must be [library, ClassName] or [null, null], got {value}")
-        else:
-            settings[key] = value
-    return class_name, components, settings
 
 
 def _component_kind(class_name: str) -> str | None:

@@ -15,19 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from ._fs import safe_child
 from ._registry import registry
-from .config import read_json
+from .checkpoint import MODEL_INDEX, ComponentEntry, parse_model_index, read_json
 from .dtypes import dtype_for, parse_dtype
 from .errors import CheckpointError
 from .hub import hub_kwargs, is_repo_id
 from .model import Model
-from .pipeline import (
-    LOAD_OPTIONS,
-    MODEL_INDEX,
-    NATIVE_LIBRARIES,
-    ComponentEntry,
-    parse_model_index,
-    resolve_component_class,
-)
+from .pipeline import LOAD_OPTIONS, NATIVE_LIBRARIES, resolve_component_class
 from .processor import Processor
 from .scheduler import Scheduler
 from .weights import select_weight_files
