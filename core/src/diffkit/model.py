@@ -172,14 +172,7 @@ class Model(torch.nn.Module, Configurable):
                     f"{where}: tensor {key!r} has shape {tuple(got.shape)} but {cls.__name__} with this "
                     f"config expects {tuple(want.shape)}; config.json and the weights disagree"
                 )
-        loaded: dict[str, torch.Tensor] = {}
-        for key, want in expected.items():
-            tensor = state[key]
-            if tensor.is_floating_point() and want.is_floating_point():
-                loaded[key] = tensor.to(device=target_device, dtype=dtype or want.dtype)
-            else:
-                loaded[key] = tensor.to(target_device)
-        model.load_state_dict(loaded, strict=True, assign=True)
+        _assign(model, {key: _cast(state[key], want, dtype, target_device) for key, want in expected.items()})
         leftovers = [name for name, t in model.named_buffers() if t.is_meta] + [
             name for name, t in model.named_parameters() if t.is_meta
         ]
@@ -215,6 +208,30 @@ class Model(torch.nn.Module, Configurable):
 
             push_folder(target, **push_kwargs)
         return target
+
+
+def _cast(tensor: torch.Tensor, like: torch.Tensor, dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``; floating tensors in ``dtype`` (default: the module's own dtype)."""
+    if tensor.is_floating_point() and like.is_floating_point():
+        return tensor.to(device=device, dtype=dtype or like.dtype)
+    return tensor.to(device)
+
+
+def _assign(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Put checkpoint tensors in place of the (meta) parameters and buffers, without copying.
+
+    Keys and shapes were checked by the caller; this replaces ``load_state_dict(assign=True)``,
+    whose per-module machinery costs more than the assignment itself.
+    """
+    modules = dict(model.named_modules())
+    for key, tensor in tensors.items():
+        owner, _, leaf = key.rpartition(".")
+        module = modules[owner]
+        current = module._parameters.get(leaf)
+        if current is not None:
+            module._parameters[leaf] = torch.nn.Parameter(tensor, requires_grad=current.requires_grad)
+        else:
+            module._buffers[leaf] = tensor
 
 
 def _single_device(device_map: Any) -> torch.device | None:
