@@ -5,6 +5,9 @@ holds: ``backend(q, k, v, attn_mask=None, scale=None)`` with tensors shaped
 ``(batch, heads, tokens, head_dim)``; the backend returns the same shape. Backends are
 registered by name (``sdpa``, ``sliced``, ``xformers``) and one instance is shared by every
 layer of a pipeline, so ``torch.compile`` guards see one object type.
+
+Backends hold no per-call state (only the options they were built with), so one instance
+serves concurrent calls from many threads.
 """
 
 from __future__ import annotations
@@ -30,6 +33,13 @@ class AttentionBackend:
     def options(self) -> dict[str, Any]:
         """The options this instance was built with (for ``repr`` and saving)."""
         return {}
+
+    def check_layer(self, layer: Any, where: str) -> None:
+        """Raise ``ValueError`` if this backend cannot serve ``layer`` (named ``where`` in errors).
+
+        Called for every layer before a pipeline switches backend, so that a bad option fails
+        at selection and leaves the previous backend in place. The default accepts every layer.
+        """
 
     def __call__(
         self,
@@ -64,6 +74,15 @@ def resolve_backend(backend: str | AttentionBackend = DEFAULT_BACKEND, **options
     if not ok:
         raise RuntimeError(f"attention backend {backend!r} is not available: {why}")
     return instance
+
+
+def attention_layers(module: Any) -> list[tuple[str, Any]]:
+    """``(dotted path, layer)`` of every sub-module of ``module`` that holds an ``attention_backend``."""
+    return [
+        (name, layer)
+        for name, layer in module.named_modules()
+        if layer is not module and hasattr(layer, "attention_backend")
+    ]
 
 
 def default_backend() -> AttentionBackend:

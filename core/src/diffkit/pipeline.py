@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -23,6 +24,7 @@ from ._registry import registry
 from .checkpoint import MODEL_INDEX, write_json
 from .config import DIFFUSERS_FORMAT_VERSION
 from .model import Model
+from .offload import OffloadStrategy
 from .outputs import numpy_to_pil
 from .processor import Processor
 from .scheduler import Scheduler
@@ -130,7 +132,17 @@ class Pipeline:
         if name in self.component_names():
             self._check_component(name, value)
             if isinstance(value, Model) and self._attention_backend is not None:
-                value.set_attention_backend(self._attention_backend)
+                _give_backend([(name, value)], self._attention_backend)
+            strategy = self.offload_strategy
+            if strategy is not None and (
+                isinstance(value, torch.nn.Module) or isinstance(self.__dict__.get(name), torch.nn.Module)
+            ):
+                # re-apply so that the new module is hooked and the old one is released
+                device = strategy.execution_device
+                strategy.remove(self)
+                object.__setattr__(self, name, value)
+                strategy.apply(self, device)
+                return
         object.__setattr__(self, name, value)
 
     @property
@@ -153,7 +165,13 @@ class Pipeline:
     # -- device and dtype -------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        """The device of the first module (by component name) that is not on the CPU; else the CPU."""
+        """The device of the first module (by component name) that is not on the CPU; else the CPU.
+
+        While an offload strategy is active: its execution device.
+        """
+        strategy = self.offload_strategy
+        if strategy is not None:
+            return torch.device(strategy.execution_device)
         modules = self._modules()
         for _, module in modules:
             device = _module_device(module)
@@ -179,7 +197,11 @@ class Pipeline:
         return torch.float32
 
     def to(self, *args: Any, **kwargs: Any) -> Self:
-        """Move every module component: ``to(device)``, ``to(dtype)``, ``to(device, dtype)``; returns ``self``."""
+        """Move every module component: ``to(device)``, ``to(dtype)``, ``to(device, dtype)``; returns ``self``.
+
+        While offloading, a device turns offloading off (with a warning) and then moves every
+        component there; a dtype alone casts the resting weights and keeps offloading.
+        """
         device = kwargs.pop("device", None)
         dtype = kwargs.pop("dtype", None)
         kwargs.pop("silence_dtype_warnings", None)
@@ -198,26 +220,127 @@ class Pipeline:
                 if len(args) == 2 and arg is args[1]:
                     raise ValueError("to(device, dtype): the device comes first")
                 device = arg
+        strategy = self.offload_strategy
+        if strategy is not None:
+            if device is not None:
+                warnings.warn(
+                    f"{type(self).__name__}.to({str(device)!r}) while offload strategy {strategy.name!r} is active "
+                    f"(execution device {strategy.execution_device}): offloading is turned off and every component "
+                    "moves to that device; call enable_offload() (or enable_model_cpu_offload()) again to turn it on",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                self.disable_offload()
+            else:
+                strategy.free(self)
         for _, module in self._modules():
             module.to(device=device, dtype=dtype)
         return self
 
     # -- attention --------------------------------------------------------------------
     def set_attention_backend(self, backend: Any = "sdpa", **options: Any) -> None:
-        """Use one shared attention backend instance in every attention layer of every model."""
+        """Use one shared attention backend instance in every attention layer of every model.
+
+        ``backend`` is a registered name (``"sdpa"``, ``"sliced"``, ``"xformers"``, ...) built
+        with ``options``, or an ``AttentionBackend`` instance. An unknown name raises
+        ``ComponentNotFoundError``, an unavailable backend ``RuntimeError`` with the reason, an
+        option that does not fit some layer ``ValueError``; the current backend then stays.
+        Models assigned to the pipeline later get the same instance.
+        """
         from .attention import resolve_backend
 
         instance = resolve_backend(backend, **options)
+        _give_backend([(n, m) for n, m in self._modules() if isinstance(m, Model)], instance)
         object.__setattr__(self, "_attention_backend", instance)
-        for _, module in self._modules():
-            if isinstance(module, Model):
-                module.set_attention_backend(instance)
 
     @property
     def attention_backend(self) -> str:
+        """The name of the attention backend in use (``"sdpa"`` unless one was set)."""
         from .attention import DEFAULT_BACKEND
 
         return self._attention_backend.name if self._attention_backend is not None else DEFAULT_BACKEND
+
+    def enable_attention_slicing(self, slice_size: str | int | None = "auto") -> None:
+        """Compute attention a few heads at a time (backend ``"sliced"``); ``None`` turns it off.
+
+        ``slice_size``: ``"auto"`` (half the heads of each layer), ``"max"`` (one head at a
+        time) or a number of heads per slice, at most the heads of every attention layer.
+        """
+        if slice_size is None:
+            self.disable_attention_slicing()
+            return
+        self.set_attention_backend("sliced", slice_size=slice_size)
+
+    def disable_attention_slicing(self) -> None:
+        """Go back to the default backend if slicing is on (any other backend stays)."""
+        if self.attention_backend == "sliced":
+            self._reset_attention_backend()
+
+    def enable_xformers_memory_efficient_attention(self, attention_op: Any = None) -> None:
+        """Use xformers' memory-efficient attention (backend ``"xformers"``; needs xformers and CUDA)."""
+        self.set_attention_backend("xformers", attention_op=attention_op)
+
+    def disable_xformers_memory_efficient_attention(self) -> None:
+        """Go back to the default backend if xformers is on (any other backend stays)."""
+        if self.attention_backend == "xformers":
+            self._reset_attention_backend()
+
+    def _reset_attention_backend(self) -> None:
+        from .attention import default_backend
+
+        self.set_attention_backend(default_backend())
+
+    # -- offloading -------------------------------------------------------------------
+    @property
+    def offload_strategy(self) -> OffloadStrategy | None:
+        """The active ``OffloadStrategy``, or ``None``."""
+        return self.__dict__.get("_offload_strategy")
+
+    def enable_offload(
+        self, strategy: str | OffloadStrategy, device: str | torch.device | None = None, **options: Any
+    ) -> OffloadStrategy:
+        """Apply an offload strategy (a registered name such as ``"model"`` or ``"sequential"``, or an instance).
+
+        ``device`` is where forwards run: ``None`` is the current accelerator; ``"cpu"`` runs
+        the same hooks without saving memory. A strategy already active is removed first.
+        Returns the strategy instance.
+        """
+        from .offload import resolve_execution_device
+
+        execution = resolve_execution_device(device)
+        if isinstance(strategy, OffloadStrategy):
+            if options:
+                raise TypeError("options are only accepted with a strategy name, not with a strategy instance")
+            instance = strategy
+        else:
+            instance = registry.get("offload_strategy", strategy)(**options)
+        self.disable_offload()
+        instance.apply(self, execution)
+        object.__setattr__(self, "_offload_strategy", instance)
+        return instance
+
+    def disable_offload(self) -> None:
+        """Remove the offload strategy's hooks; the components stay on the CPU (``pipe.to(...)`` moves them)."""
+        strategy = self.offload_strategy
+        if strategy is not None:
+            object.__setattr__(self, "_offload_strategy", None)
+            strategy.remove(self)
+
+    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: str | torch.device = "cuda") -> None:
+        """diffusers' name for ``enable_offload("model", ...)``: each component moves to ``device`` while it runs."""
+        from .offload import resolve_execution_device
+
+        self.enable_offload("model", device=resolve_execution_device(device, gpu_id=gpu_id))
+
+    def enable_sequential_cpu_offload(self, gpu_id: int | None = None, device: str | torch.device = "cuda") -> None:
+        """diffusers' name for ``enable_offload("sequential", ...)``: weights stream to ``device`` per module."""
+        from .offload import resolve_execution_device
+
+        self.enable_offload("sequential", device=resolve_execution_device(device, gpu_id=gpu_id))
+
+    def remove_all_hooks(self) -> None:
+        """diffusers' name for :meth:`disable_offload`."""
+        self.disable_offload()
 
     # -- progress ---------------------------------------------------------------------
     def set_progress_bar_config(self, **kwargs: Any) -> None:
@@ -347,6 +470,17 @@ def image_noise_shape(model_config: Any, batch_size: int) -> tuple[int, ...]:
     size = model_config.sample_size
     spatial = (size, size) if isinstance(size, int) else tuple(size)
     return (batch_size, model_config.in_channels, *spatial)
+
+
+def _give_backend(models: list[tuple[str, Model]], backend: Any) -> None:
+    """Check that ``backend`` fits every attention layer of ``models``, then give it to all of them."""
+    from .attention import attention_layers
+
+    for name, model in models:
+        for path, layer in attention_layers(model):
+            backend.check_layer(layer, f"{name}.{path}")
+    for _, model in models:
+        model.set_attention_backend(backend)
 
 
 def _module_device(module: torch.nn.Module) -> torch.device:

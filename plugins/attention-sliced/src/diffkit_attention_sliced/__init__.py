@@ -1,0 +1,1 @@
+"""diffkit plugin: the sliced attention backend."""

@@ -1,0 +1,1 @@
+"""diffkit plugin: the xformers attention backend (CUDA only, optional)."""

@@ -1,0 +1,1 @@
+"""diffkit plugin: the "model" offload strategy (whole components move while they run)."""

@@ -1,0 +1,1 @@
+"""diffkit plugin: the "sequential" offload strategy (weights stream per module)."""
