@@ -3,14 +3,18 @@
 Order of work: find the source folder (plugin-registered name, local folder or Hub repo),
 validate ``model_index.json``, pick the pipeline class, then load each component through the
 registry (``diffusers``/``diffkit`` libraries) or a registered component loader (any other
-library). Nothing is imported because a JSON file names it.
+library). Nothing is imported because a JSON file names it: code that no installed package
+provides (``custom_pipeline`` files and repos, ``_class_name: [module, Class]``, component
+``.py`` files) runs only through the gate of :mod:`diffkit.remote_code`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from ._fs import safe_child
@@ -22,6 +26,7 @@ from .hub import hub_kwargs, is_repo_id
 from .model import Model
 from .pipeline import LOAD_OPTIONS, NATIVE_LIBRARIES, resolve_component_class
 from .processor import Processor
+from .remote_code import CodeSource, check_remote_code, pick_class, run_remote_module
 from .scheduler import Scheduler
 from .weights import select_weight_files
 
@@ -42,24 +47,160 @@ def _pretrained_path(name: str) -> Path | None:
     return path
 
 
-def _pipeline_class(cls: type[Pipeline], class_name: Any, source: str, custom_pipeline: str | None) -> type[Pipeline]:
+def _trust(options: dict[str, Any]) -> bool:
+    """``trust_remote_code`` from the loading options: only a real ``True`` trusts (not ``"false"``)."""
+    value = options.get("trust_remote_code", False)
+    if not isinstance(value, bool):
+        raise TypeError(f"trust_remote_code must be True or False, got {value!r}")
+    return value
+
+
+@dataclass
+class _Origin:
+    """Where a checkpoint's files are: a local folder, possibly the snapshot of a Hub repo.
+
+    While a Hub repo is being downloaded, ``listing`` holds the repo's files and code files are
+    fetched on demand; otherwise files are looked up in ``folder``. Code files resolved during
+    one load are kept in ``modules``, so each is judged and run once per load.
+    """
+
+    folder: Path
+    repo_id: str | None = None
+    revision: str | None = None
+    commit: str | None = None
+    listing: set[str] | None = None
+    fetch_options: dict[str, Any] = field(default_factory=dict)
+    modules: dict[str, ModuleType] = field(default_factory=dict)
+
+    def has_file(self, relpath: str) -> bool:
+        if self.listing is not None:
+            return relpath in self.listing
+        return (self.folder / relpath).is_file()
+
+    def run_code(self, relpath: str, options: dict[str, Any]) -> tuple[ModuleType, str]:
+        """Run the checkpoint's code file ``relpath`` through the gate; (module, its description)."""
+        trust = _trust(options)
+        local = self.folder.joinpath(*relpath.split("/"))
+        if self.repo_id is not None:
+            source = CodeSource.hub(self.repo_id, relpath, self.revision, self.commit, path=local)
+        else:
+            source = CodeSource.local(local)
+        if relpath in self.modules:
+            return self.modules[relpath], source.describe()
+        check_remote_code(source, trust_remote_code=trust)  # before anything is downloaded
+        if self.listing is not None:
+            assert self.repo_id is not None and self.commit is not None
+            source = replace(source, path=_fetch(self.repo_id, relpath, self.commit, self.fetch_options))
+        elif not local.is_file():
+            raise CheckpointError(f"{source.describe()} does not exist")
+        module = run_remote_module(source, trust_remote_code=trust)
+        self.modules[relpath] = module
+        return module, source.describe()
+
+
+def _pipeline_class(cls: type[Pipeline], class_name: Any, source: str, options: dict[str, Any],
+                    origin: _Origin) -> type[Pipeline]:
+    """``custom_pipeline`` if given, else ``cls`` if concrete, else what ``_class_name`` names."""
     from .pipeline import Pipeline
 
+    custom_pipeline = options.get("custom_pipeline")
     if custom_pipeline is not None:
-        if isinstance(custom_pipeline, str) and registry.has("pipeline", custom_pipeline):
-            return registry.get("pipeline", custom_pipeline)
-        raise CheckpointError(
-            f"custom_pipeline={custom_pipeline!r} is not an installed pipeline; install the package that "
-            "provides it (see `diffkit list pipeline --available`)"
-        )
+        return custom_pipeline_class(custom_pipeline, options)
     if cls is not Pipeline:
         return cls
     if isinstance(class_name, list):
-        raise CheckpointError(
-            f"{source}: _class_name {class_name} points at custom code in the checkpoint, which needs "
-            "trust_remote_code=True"
-        )
+        module_name, wanted = class_name
+        if not module_name.isidentifier():
+            raise CheckpointError(
+                f"{source}: _class_name {class_name} must name a .py file at the top of the checkpoint "
+                f"([module, ClassName] with a plain module name), found {module_name!r}"
+            )
+        relpath = f"{module_name}.py"
+        if not origin.has_file(relpath):
+            raise CheckpointError(f"{source}: _class_name {class_name} names {relpath}, which the checkpoint lacks")
+        module, what = origin.run_code(relpath, options)
+        return pick_class(module, Pipeline, what=what, class_name=wanted)
     return registry.get("pipeline", class_name, context=source)
+
+
+#: the file a ``custom_pipeline`` folder or Hub repo must hold
+CUSTOM_PIPELINE_FILE = "pipeline.py"
+
+
+def custom_pipeline_class(custom_pipeline: Any, options: dict[str, Any]) -> type[Pipeline]:
+    """The pipeline class a ``custom_pipeline`` argument names, tried in this order:
+
+    an installed pipeline's registered name (no remote code); a local ``.py`` file, or a local
+    folder holding ``pipeline.py`` (trusted because the caller named it); a Hub repo id
+    ``org/name`` holding ``pipeline.py`` at ``custom_revision`` (needs ``trust_remote_code``).
+    """
+    from .pipeline import Pipeline
+
+    if not isinstance(custom_pipeline, (str, os.PathLike)):
+        raise TypeError(f"custom_pipeline must be a name, a path or a Hub repo id, got {type(custom_pipeline).__name__}")
+    text = os.fspath(custom_pipeline)
+    if isinstance(custom_pipeline, str) and registry.has("pipeline", text):
+        return registry.get("pipeline", text)
+    path = Path(text)
+    trust = _trust(options)
+    if path.is_dir() or path.is_file():
+        file = path / CUSTOM_PIPELINE_FILE if path.is_dir() else path
+        if path.is_dir() and not file.is_file():
+            raise CheckpointError(f"custom_pipeline folder {path} has no {CUSTOM_PIPELINE_FILE}")
+        if file.suffix != ".py":
+            raise CheckpointError(f"custom_pipeline file {path} is not a .py file")
+        source = CodeSource.local(file)
+        module = run_remote_module(source, trust_remote_code=trust, trusted_by_caller=True)
+        return pick_class(module, Pipeline, what=source.describe())
+    if isinstance(custom_pipeline, os.PathLike) or text.endswith(".py"):
+        raise CheckpointError(f"custom_pipeline {text!r} does not exist")
+    if "/" in text and is_repo_id(text):
+        return _hub_custom_pipeline(text, options)
+    return registry.get(
+        "pipeline", text,
+        context="custom_pipeline: it is not an installed pipeline, a local .py file or folder, or a Hub repo id "
+        "'org/name'",
+    )
+
+
+def _hub_custom_pipeline(repo_id: str, options: dict[str, Any]) -> type[Pipeline]:
+    """``pipeline.py`` of Hub repo ``repo_id`` at ``custom_revision``: the gate judges exactly that file."""
+    from .pipeline import Pipeline
+
+    trust = _trust(options)
+    revision = options.get("custom_revision")
+    source = CodeSource.hub(repo_id, CUSTOM_PIPELINE_FILE, revision)
+    check_remote_code(source, trust_remote_code=trust)  # refused code is never downloaded
+    hub = hub_kwargs(
+        revision=revision, cache_dir=options.get("cache_dir"), force_download=options.get("force_download", False),
+        local_files_only=options.get("local_files_only"), token=options.get("token"),
+    )
+    path = _fetch(repo_id, CUSTOM_PIPELINE_FILE, revision, {k: v for k, v in hub.items() if k != "revision"})
+    source = replace(source, path=path, commit=path.parent.name)
+    module = run_remote_module(source, trust_remote_code=trust)
+    return pick_class(module, Pipeline, what=source.describe())
+
+
+def _fetch(repo_id: str, filename: str, revision: str | None, download: dict[str, Any]) -> Path:
+    """``hf_hub_download`` of one file; every failure is one :class:`CheckpointError` naming it."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    from .hub import hub_error, network_errors
+
+    download = {k: v for k, v in download.items() if k != "proxies"}
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision, **download))
+    except LocalEntryNotFoundError as exc:
+        raise hub_error(repo_id, revision, exc) from None
+    except EntryNotFoundError:
+        raise CheckpointError(
+            f"Hub repo {repo_id!r} has no {filename} at revision {revision or 'main'!r}"
+        ) from None
+    except HfHubHTTPError as exc:
+        raise hub_error(repo_id, revision, exc) from None
+    except network_errors() as exc:
+        raise CheckpointError(f"downloading {filename} of Hub repo {repo_id!r} failed: {exc}") from None
 
 
 # -- component classes ---------------------------------------------------------------------
@@ -68,12 +209,23 @@ def _loader_for(library: str, context: str) -> Any:
     return loader_cls() if isinstance(loader_cls, type) else loader_cls
 
 
-def _component_target(name: str, entry: ComponentEntry, source: str) -> tuple[str, Any]:
-    """("class", cls) for diffusers/diffkit entries, ("loader", loader) for other libraries."""
+def _component_target(name: str, entry: ComponentEntry, source: str, origin: _Origin,
+                      options: dict[str, Any]) -> tuple[str, Any]:
+    """What loads one component entry: ("class", cls) or ("loader", loader).
+
+    diffusers/diffkit entries resolve through the registry; another library goes to the
+    component loader registered for it; failing that, a ``<component>/<library>.py`` file of the
+    checkpoint is custom code, run through the remote-code gate.
+    """
     context = f"component {name!r} in {source}"
     assert entry.library is not None and entry.class_name is not None
     if entry.library in NATIVE_LIBRARIES:
         return "class", resolve_component_class(entry.class_name, context)
+    code_file = f"{name}/{entry.library}.py"
+    if (not registry.has("component_loader", entry.library) and entry.library.isidentifier()
+            and origin.has_file(code_file)):
+        module, what = origin.run_code(code_file, options)
+        return "class", pick_class(module, (Model, Scheduler, Processor), what=what, class_name=entry.class_name)
     loader = _loader_for(entry.library, context)
     if not loader.can_load(entry.class_name):
         raise CheckpointError(f"{context}: the {entry.library!r} loader does not know class {entry.class_name!r}")
@@ -98,11 +250,13 @@ def load_pipeline(cls: type[Pipeline], source: str | os.PathLike[str], **kwargs:
 
     _single_device(options.get("device_map"))
 
-    folder = _resolve_source(cls, source, kwargs, options)
+    origin, pipeline_cls = _resolve_source(cls, source, kwargs, options)
+    folder = origin.folder
     index_path = folder / MODEL_INDEX
     class_name, entries, settings = parse_model_index(read_json(index_path, "model_index.json"), index_path)
     where = f"{MODEL_INDEX} in {folder}"
-    pipeline_cls = _pipeline_class(cls, class_name, where, options.get("custom_pipeline"))
+    if pipeline_cls is None:
+        pipeline_cls = _pipeline_class(cls, class_name, where, options, origin)
 
     expected = pipeline_cls.component_names()
     optional = set(pipeline_cls.optional_components)
@@ -125,7 +279,7 @@ def load_pipeline(cls: type[Pipeline], source: str | os.PathLike[str], **kwargs:
 
     disable = len(to_load) < 2 or os.environ.get("DIFFKIT_DISABLE_PROGRESS") == "1"
     for name in tqdm(to_load, desc="Loading pipeline components", disable=disable):
-        components[name] = _load_component(name, entries[name], folder, options, where)
+        components[name] = _load_component(name, entries[name], origin, options, where)
     for name in expected:
         if name in components:
             continue
@@ -150,29 +304,30 @@ def load_pipeline(cls: type[Pipeline], source: str | os.PathLike[str], **kwargs:
 
 
 def _resolve_source(cls: type[Pipeline], source: str | os.PathLike[str], passed: dict[str, Any],
-                    options: dict[str, Any]) -> Path:
+                    options: dict[str, Any]) -> tuple[_Origin, type[Pipeline] | None]:
+    """The checkpoint's origin, and the pipeline class when downloading already had to resolve it."""
     if not isinstance(source, os.PathLike):
         pretrained = _pretrained_path(str(source))
         if pretrained is not None:
-            return pretrained
+            return _Origin(pretrained), None
     path = Path(source)
     if path.exists():
         if not path.is_dir():
             raise CheckpointError(f"{path} is not a folder; pass a pipeline folder or a Hub repo id")
-        return path
+        return _Origin(path), None
     if isinstance(source, os.PathLike) or not is_repo_id(str(source)):
         raise CheckpointError(
             f"{str(source)!r} is not an existing folder, a Hub repo id ('org/name') or a registered pretrained name"
             f" (registered: {', '.join(registry.names('pretrained')) or 'none'})"
         )
-    return download_pipeline(cls, str(source), _passed=passed, **options)
+    return _download(cls, str(source), passed, options)
 
 
-def _load_component(name: str, entry: ComponentEntry, root: Path, options: dict[str, Any], where: str) -> Any:
-    folder = safe_child(root, name, f"{where}: component name")
+def _load_component(name: str, entry: ComponentEntry, origin: _Origin, options: dict[str, Any], where: str) -> Any:
+    folder = safe_child(origin.folder, name, f"{where}: component name")
     if not folder.is_dir():
         raise CheckpointError(f"{where} declares component {name!r} but the folder {folder} does not exist")
-    how, target = _component_target(name, entry, where)
+    how, target = _component_target(name, entry, where, origin, options)
     dtype = dtype_for(options.get("torch_dtype"), name)
     variant = options.get("variant")
     if variant and not _has_variant(folder, variant):
@@ -201,8 +356,14 @@ def download_pipeline(cls: type[Pipeline], repo_id: str, *, _passed: dict[str, A
     """Fetch ``model_index.json`` and then only the files of the components that will be loaded.
 
     Offline (``local_files_only``, ``HF_HUB_OFFLINE``), or when the Hub cannot be reached, the
-    snapshot already in the cache is returned without any request.
+    snapshot already in the cache is returned without any request. Code files of the repo are
+    fetched only when they will run, and only once the remote-code gate allows them.
     """
+    return _download(cls, repo_id, _passed or {}, options)[0].folder
+
+
+def _download(cls: type[Pipeline], repo_id: str, passed: dict[str, Any],
+              options: dict[str, Any]) -> tuple[_Origin, type[Pipeline] | None]:
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -216,7 +377,7 @@ def download_pipeline(cls: type[Pipeline], repo_id: str, *, _passed: dict[str, A
     if hub["local_files_only"]:
         # Only model_index.json must be there: the snapshot holds the files of the components
         # loaded before, not the whole repo, and loading names whatever else is missing.
-        return download_files(repo_id, [MODEL_INDEX], **hub)
+        return _cached_origin(download_files(repo_id, [MODEL_INDEX], **hub), repo_id, hub["revision"]), None
     download = {k: v for k, v in hub.items() if k not in ("revision", "local_files_only", "proxies")}
     try:
         api = HfApi(token=hub["token"])
@@ -233,7 +394,8 @@ def download_pipeline(cls: type[Pipeline], repo_id: str, *, _passed: dict[str, A
         logger.warning("cannot reach the Hub (%s: %s); using the cached snapshot of %r", type(exc).__name__, exc,
                        repo_id)
         try:
-            return download_files(repo_id, [MODEL_INDEX], **{**hub, "local_files_only": True})
+            cached = download_files(repo_id, [MODEL_INDEX], **{**hub, "local_files_only": True})
+            return _cached_origin(cached, repo_id, hub["revision"]), None
         except CheckpointError:
             raise CheckpointError(
                 f"cannot reach the Hub to download {repo_id!r} ({type(exc).__name__}: {exc}) and it is not in the "
@@ -246,27 +408,36 @@ def download_pipeline(cls: type[Pipeline], repo_id: str, *, _passed: dict[str, A
             f"moved from {info.sha} to {root.name}); try again"
         )
     class_name, entries, _ = parse_model_index(read_json(index_file, "model_index.json"), f"{repo_id}/{MODEL_INDEX}")
-    pipeline_cls = _pipeline_class(cls, class_name, f"{MODEL_INDEX} of {repo_id}", options.get("custom_pipeline"))
-    passed = _passed or {}
+    origin = _Origin(root, repo_id=repo_id, revision=hub["revision"], commit=info.sha, listing=files,
+                     fetch_options=download)
+    pipeline_cls = _pipeline_class(cls, class_name, f"{MODEL_INDEX} of {repo_id}", options, origin)
     wanted: list[str] = []
     for name in pipeline_cls.component_names():
         entry = entries.get(name)
         if name in passed or entry is None or entry.library is None:
             continue
-        wanted += _component_files(name, entry, files, options, repo_id)
+        wanted += _component_files(name, entry, origin, options)
     # Files the listing lacks are not asked for: loading then says what the component misses.
     for filename in sorted(set(wanted) & files):
         try:
             hf_hub_download(repo_id, filename, revision=info.sha, **download)
         except (HfHubHTTPError, LocalEntryNotFoundError, *network_errors()) as exc:
             raise CheckpointError(f"downloading {filename} of Hub repo {repo_id!r} failed: {exc}") from None
-    return root
+    # Loading continues from the snapshot folder, reusing the code modules resolved here.
+    origin.listing = None
+    return origin, pipeline_cls
 
 
-def _component_files(name: str, entry: ComponentEntry, files: set[str], options: dict[str, Any], repo_id: str) -> list[str]:
+def _cached_origin(folder: Path, repo_id: str, revision: str | None) -> _Origin:
+    """The origin of a snapshot taken from the Hub cache (its folder is named after its commit)."""
+    return _Origin(folder, repo_id=repo_id, revision=revision, commit=folder.name)
+
+
+def _component_files(name: str, entry: ComponentEntry, origin: _Origin, options: dict[str, Any]) -> list[str]:
+    assert origin.listing is not None
     prefix = f"{name}/"
-    in_folder = sorted(f for f in files if f.startswith(prefix))
-    how, target = _component_target(name, entry, f"{MODEL_INDEX} of {repo_id}")
+    in_folder = sorted(f for f in origin.listing if f.startswith(prefix))
+    how, target = _component_target(name, entry, f"{MODEL_INDEX} of {origin.repo_id}", origin, options)
     if how == "loader":
         return [f for f in in_folder if target_files_match(target, f)]
     if issubclass(target, Model):
