@@ -9,13 +9,16 @@ from diffkit_models_unet import hooks
 def test_hooks_register_the_model_by_module_path():
     registered = []
     hooks.register_models(lambda name, target, **meta: registered.append((name, target)))
-    assert registered == [("UNet2DModel", "diffkit_models_unet.unet_2d:UNet2DModel")]
+    assert registered == [
+        ("UNet2DModel", "diffkit_models_unet.unet_2d:UNet2DModel"),
+        ("UNet1DModel", "diffkit_models_unet.unet_1d:UNet1DModel"),
+    ]
 
 
 def test_hook_module_does_not_import_torch():
     code = (
         "import sys, diffkit_models_unet, diffkit_models_unet.hooks; "
-        "heavy = [m for m in ('torch', 'diffkit_models_unet.unet_2d') if m in sys.modules]; "
+        "heavy = [m for m in ('torch', 'diffkit_models_unet.unet_2d', 'diffkit_models_unet.unet_1d') if m in sys.modules]; "
         "assert not heavy, heavy"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

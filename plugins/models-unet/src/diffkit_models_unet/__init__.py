@@ -1,5 +1,6 @@
-"""diffkit plugin: ``UNet2DModel``, the 2D UNet denoiser with diffusers' config and weight layout.
+"""diffkit plugin: the UNet denoisers with diffusers' config and weight layout.
 
-The model lives in :mod:`diffkit_models_unet.unet_2d`; this package module imports nothing so
+``UNet2DModel`` lives in :mod:`diffkit_models_unet.unet_2d`, ``UNet1DModel`` (Dance Diffusion,
+RL planners) in :mod:`diffkit_models_unet.unet_1d`; this package module imports nothing so
 that plugin discovery stays cheap.
 """

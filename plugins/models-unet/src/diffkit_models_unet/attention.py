@@ -15,6 +15,9 @@ class SpatialSelfAttention(nn.Module):
     ``channels // head_dim`` heads, the product by :attr:`attention_backend`, the ``to_out``
     projection, the residual and a division by ``rescale_output_factor``. Parameter names
     are those of diffusers' ``Attention`` so checkpoints load unchanged.
+
+    ``spatial_norm``, when given, is a conditioned norm ``spatial_norm(x, cond)`` applied to the
+    input first (the MoVQ decoder's ``SpatialNorm``); ``forward`` then needs ``cond``.
     """
 
     def __init__(
@@ -25,12 +28,14 @@ class SpatialSelfAttention(nn.Module):
         norm_num_groups: int | None,
         eps: float = 1e-5,
         rescale_output_factor: float = 1.0,
+        spatial_norm: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.heads = channels // head_dim
         self.head_dim = head_dim
         self.scale = head_dim**-0.5
         self.rescale_output_factor = rescale_output_factor
+        self.spatial_norm = spatial_norm
         inner = self.heads * head_dim
 
         self.group_norm = (
@@ -46,9 +51,10 @@ class SpatialSelfAttention(nn.Module):
         batch, tokens, _ = x.shape
         return x.view(batch, tokens, self.heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         batch, channels, height, width = x.shape
-        tokens = x.reshape(batch, channels, height * width)
+        normed = x if self.spatial_norm is None else self.spatial_norm(x, cond)
+        tokens = normed.reshape(batch, channels, height * width)
         if self.group_norm is not None:
             tokens = self.group_norm(tokens)
         tokens = tokens.transpose(1, 2)

@@ -55,25 +55,34 @@ class GaussianFourierProjection(nn.Module):
     """Random Fourier features of ``log(sigma)`` (NCSN++): ``[sin, cos](2π · log σ · w)``.
 
     ``weight`` holds fixed random frequencies (``N(0, scale²)``), saved with the checkpoint.
+    ``log=False`` projects the values themselves (Dance Diffusion's ``t`` in [0, 1]);
+    ``flip_sin_to_cos`` puts the cosines first.
     """
 
-    def __init__(self, embedding_size: int, scale: float = 1.0) -> None:
+    def __init__(
+        self, embedding_size: int, scale: float = 1.0, *, log: bool = True, flip_sin_to_cos: bool = False
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.randn(embedding_size) * scale, requires_grad=False)
+        self.log = log
+        self.flip_sin_to_cos = flip_sin_to_cos
 
     def forward(self, sigmas: torch.Tensor) -> torch.Tensor:
-        angles = torch.log(sigmas)[:, None] * self.weight[None, :] * 2 * math.pi
-        return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+        values = torch.log(sigmas) if self.log else sigmas
+        angles = values[:, None] * self.weight[None, :] * 2 * math.pi
+        sin, cos = torch.sin(angles), torch.cos(angles)
+        return torch.cat([cos, sin] if self.flip_sin_to_cos else [sin, cos], dim=-1)
 
 
 class TimestepEmbedding(nn.Module):
-    """``linear_2(act(linear_1(x)))``: maps projected timesteps to the time-embedding width."""
+    """``linear_2(act(linear_1(x)))``: maps projected timesteps to the time-embedding width
+    (``out_dim`` when given: UNet1DModel's embedding MLP narrows back to its first width)."""
 
-    def __init__(self, in_channels: int, embed_dim: int, act_fn: str = "silu") -> None:
+    def __init__(self, in_channels: int, embed_dim: int, act_fn: str = "silu", out_dim: int | None = None) -> None:
         super().__init__()
         self.linear_1 = nn.Linear(in_channels, embed_dim)
         self.act = activation(act_fn)
-        self.linear_2 = nn.Linear(embed_dim, embed_dim)
+        self.linear_2 = nn.Linear(embed_dim, embed_dim if out_dim is None else out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear_2(self.act(self.linear_1(x)))

@@ -1,4 +1,4 @@
-"""diffkit plugin hooks: register ``UNet2DModel`` without importing torch."""
+"""diffkit plugin hooks: register ``UNet2DModel`` and ``UNet1DModel`` without importing torch."""
 
 from diffkit.hookspecs import Register, hookimpl
 
@@ -6,3 +6,4 @@ from diffkit.hookspecs import Register, hookimpl
 @hookimpl
 def register_models(register: Register) -> None:
     register("UNet2DModel", "diffkit_models_unet.unet_2d:UNet2DModel")
+    register("UNet1DModel", "diffkit_models_unet.unet_1d:UNet1DModel")

@@ -28,17 +28,18 @@ class ResnetBlock2D(nn.Module):
     """Two GroupNorm-activation-conv stages with the time embedding added (``default``) or
     applied as a scale and shift after the second norm (``scale_shift``), plus a residual.
 
-    ``resample`` resizes both paths between the first norm and the first conv (nearest/average
-    pooling, or the FIR filters with ``fir=True``). The residual goes through a 1x1 conv when
-    the channel count changes or ``use_in_shortcut`` asks for it, and the sum is divided by
-    ``output_scale_factor``.
+    ``temb_channels=None`` builds the block without a time projection (the autoencoders'
+    encoder and decoder). ``resample`` resizes both paths between the first norm and the first
+    conv (nearest/average pooling, or the FIR filters with ``fir=True``). The residual goes
+    through a 1x1 conv when the channel count changes or ``use_in_shortcut`` asks for it, and
+    the sum is divided by ``output_scale_factor``.
     """
 
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
-        temb_channels: int,
+        temb_channels: int | None,
         *,
         groups: int,
         groups_out: int | None = None,
@@ -61,7 +62,7 @@ class ResnetBlock2D(nn.Module):
         self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps, affine=True)
         self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
         proj_channels = 2 * out_channels if time_embedding_norm == "scale_shift" else out_channels
-        self.time_emb_proj = nn.Linear(temb_channels, proj_channels)
+        self.time_emb_proj = nn.Linear(temb_channels, proj_channels) if temb_channels is not None else None
         self.norm2 = nn.GroupNorm(groups if groups_out is None else groups_out, out_channels, eps=eps, affine=True)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
@@ -70,19 +71,23 @@ class ResnetBlock2D(nn.Module):
         needs_shortcut = in_channels != out_channels if use_in_shortcut is None else use_in_shortcut
         self.conv_shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1) if needs_shortcut else None
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
         h = self.nonlinearity(self.norm1(x))
         if self.resample is not None:
             x = self.resample(x)
             h = self.resample(h)
         h = self.conv1(h)
 
-        t = self.time_emb_proj(self.nonlinearity(temb))[:, :, None, None]
+        t = None
+        if self.time_emb_proj is not None and temb is not None:
+            t = self.time_emb_proj(self.nonlinearity(temb))[:, :, None, None]
         if self.time_embedding_norm == "scale_shift":
+            if t is None:
+                raise ValueError("a scale_shift ResnetBlock2D needs a time embedding (temb_channels and temb)")
             scale, shift = t.chunk(2, dim=1)
             h = self.norm2(h) * (1 + scale) + shift
         else:
-            h = self.norm2(h + t)
+            h = self.norm2(h if t is None else h + t)
 
         h = self.conv2(self.dropout(self.nonlinearity(h)))
         if self.conv_shortcut is not None:

@@ -1,0 +1,12 @@
+"""Run these tests' tiny models on one thread: faster than splitting them across cores."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,6 @@
+"""diffkit plugin: ``DanceDiffusionPipeline`` (unconditional audio) and ``write_wav``.
+
+The pipeline lives in :mod:`diffkit_pipeline_dance_diffusion.pipeline`; ``write_wav`` (no
+torch needed) in :mod:`diffkit_pipeline_dance_diffusion.wav`. This module imports nothing,
+so that plugin discovery stays cheap.
+"""
