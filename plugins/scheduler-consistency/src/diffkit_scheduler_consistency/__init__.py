@@ -1,0 +1,1 @@
+"""diffkit plugin: the consistency-model sampler."""

@@ -1,0 +1,1 @@
+"""diffkit plugin: the stochastic Karras et al. sampler for variance-exploding models."""

@@ -1,0 +1,1 @@
+"""diffkit plugin: the PNDM and IPNDM schedulers."""

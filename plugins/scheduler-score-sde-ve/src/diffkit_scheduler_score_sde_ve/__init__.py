@@ -1,0 +1,1 @@
+"""diffkit plugin: the variance-exploding score-SDE scheduler."""

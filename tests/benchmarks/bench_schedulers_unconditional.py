@@ -1,0 +1,198 @@
+"""Benchmark: the cost of one scheduler step, diffkit vs diffusers, for PNDM (PLMS), IPNDM, Score-SDE-VE
+(predictor, corrector), Karras-VE (churn, Euler + Heun) and consistency models.
+
+Multistep schedulers are first run a few steps so that each timed call is a full-order step,
+and their step counters are put back before every call (in both libraries, so that the
+bookkeeping costs the same); diffusers' IPNDM history, which otherwise grows without bound, is
+trimmed to the four entries it uses. The two libraries alternate in rounds within one process
+and the median round is reported. Cases that draw Gaussian noise are also shown without the
+draw's cost (``ratio w/o randn``), a floor both libraries share.
+
+``--clock cpu`` times the calling thread's CPU time with one torch thread, which a machine
+shared with other jobs disturbs far less than wall time.
+
+Run: python tests/benchmarks/bench_schedulers_unconditional.py [--rounds 15] [--steps 200] [--threads N] [--clock cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import diffusers
+import torch
+from diffusers.schedulers.deprecated.scheduling_karras_ve import KarrasVeScheduler as ReferenceKarrasVe
+
+from diffkit_scheduler_consistency.cm_stochastic_iterative import CMStochasticIterativeScheduler
+from diffkit_scheduler_karras_ve.karras_ve import KarrasVeScheduler
+from diffkit_scheduler_pndm.ipndm import IPNDMScheduler
+from diffkit_scheduler_pndm.pndm import PNDMScheduler
+from diffkit_scheduler_score_sde_ve.score_sde_ve import ScoreSdeVeScheduler
+
+SHAPES = [(1, 3, 32, 32), (1, 4, 128, 128)]
+CLOCK = time.perf_counter
+
+Pair = tuple[Callable[[], object], Callable[[], object]]
+
+
+def per_step_us(fn: Callable[[], object], steps: int) -> float:
+    start = CLOCK()
+    for _ in range(steps):
+        fn()
+    return (CLOCK() - start) / steps * 1e6
+
+
+def pndm_plms(config: dict, x: torch.Tensor, out: torch.Tensor) -> Pair:
+    state = PNDMScheduler(**config).plan(50)
+    ref = diffusers.PNDMScheduler(**config)
+    ref.set_timesteps(50)
+    for i in range(4):  # fill the history: later calls are fourth-order PLMS steps
+        state.step(out, state.timesteps[i], x)
+        ref.step(out, ref.timesteps[i], x)
+    t_ours, t_ref = state.timesteps[25], ref.timesteps[25]
+    return (lambda: state.step(out, t_ours, x)), (lambda: ref.step(out, t_ref, x))
+
+
+def ipndm(x: torch.Tensor, out: torch.Tensor) -> Pair:
+    state = IPNDMScheduler().plan(50)
+    ref = diffusers.IPNDMScheduler()
+    ref.set_timesteps(50)
+    for i in range(4):
+        state.step(out, state.timesteps[i], x)
+        ref.step(out, ref.timesteps[i], x)
+    t_ours, t_ref = state.timesteps[25], ref.timesteps[25]
+
+    def ours():
+        state.step_index = 25
+        state.ets = state.ets[-3:]
+        return state.step(out, t_ours, x)
+
+    def theirs():
+        ref._step_index = 25
+        ref.ets = ref.ets[-3:]
+        return ref.step(out, t_ref, x)
+
+    return ours, theirs
+
+
+def sde_ve(kind: str, x: torch.Tensor, out: torch.Tensor) -> Pair:
+    state = ScoreSdeVeScheduler(num_train_timesteps=50).plan(50)
+    ref = diffusers.ScoreSdeVeScheduler(num_train_timesteps=50)
+    ref.set_timesteps(50)
+    ref.set_sigmas(50)
+    g_ours, g_ref = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    if kind == "pred":
+        t_ours, t_ref = state.timesteps[25], ref.timesteps[25]
+        return (lambda: state.step_pred(out, t_ours, x, generator=g_ours)), (
+            lambda: ref.step_pred(out, t_ref, x, generator=g_ref)
+        )
+    return (lambda: state.step_correct(out, x, generator=g_ours)), (lambda: ref.step_correct(out, x, generator=g_ref))
+
+
+def karras_ve(kind: str, x: torch.Tensor, out: torch.Tensor) -> Pair:
+    state = KarrasVeScheduler().plan(50)
+    ref = ReferenceKarrasVe()
+    ref.set_timesteps(50)
+    sigma, sigma_ref = state.schedule[5], ref.schedule[5]  # σ = 1.3 lies in [s_min, s_max]: churned
+    prev, prev_ref = state.schedule[4], ref.schedule[4]
+    g_ours, g_ref = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    if kind == "churn":
+        return (lambda: state.add_noise_to_input(x, sigma, generator=g_ours)), (
+            lambda: ref.add_noise_to_input(x, sigma_ref, generator=g_ref)
+        )
+
+    def ours():
+        step = state.step(out, sigma, prev, x)
+        return state.step_correct(out, sigma, prev, x, step.prev_sample, step.derivative)
+
+    def theirs():
+        step = ref.step(out, sigma_ref, prev_ref, x)
+        return ref.step_correct(out, sigma_ref, prev_ref, x, step.prev_sample, step.derivative)
+
+    return ours, theirs
+
+
+def consistency(x: torch.Tensor, out: torch.Tensor) -> Pair:
+    state = CMStochasticIterativeScheduler().plan(20)
+    ref = diffusers.CMStochasticIterativeScheduler()
+    ref.set_timesteps(20)
+    t_ours, t_ref = state.timesteps[10], ref.timesteps[10]
+    ref.is_scale_input_called = True
+    g_ours, g_ref = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+
+    def ours():
+        state.step_index = 10
+        state.scale_model_input(x, t_ours)
+        return state.step(out, t_ours, x, generator=g_ours)
+
+    def theirs():
+        ref._step_index = 10
+        ref.scale_model_input(x, t_ref)
+        return ref.step(out, t_ref, x, generator=g_ref)
+
+    return ours, theirs
+
+
+CASES: list[tuple[str, Callable[[torch.Tensor, torch.Tensor], Pair], bool]] = [
+    ("PNDM PLMS", lambda x, o: pndm_plms({"skip_prk_steps": True}, x, o), False),
+    ("PNDM PLMS v-pred", lambda x, o: pndm_plms({"skip_prk_steps": True, "prediction_type": "v_prediction"}, x, o), False),
+    ("IPNDM", ipndm, False),
+    ("ScoreSdeVe step_pred", lambda x, o: sde_ve("pred", x, o), True),
+    ("ScoreSdeVe step_correct", lambda x, o: sde_ve("correct", x, o), True),
+    ("KarrasVe add_noise_to_input", lambda x, o: karras_ve("churn", x, o), True),
+    ("KarrasVe step + correct", lambda x, o: karras_ve("step", x, o), False),
+    ("CM scale + step", consistency, True),
+]
+
+
+def bench(pair: Pair, rounds: int, steps: int) -> tuple[float, float]:
+    ours, theirs = pair
+    for fn in (ours, theirs):
+        per_step_us(fn, 20)
+    ours_us: list[float] = []
+    ref_us: list[float] = []
+    for r in range(rounds):
+        order = [(ours, ours_us), (theirs, ref_us)]
+        for fn, out in order if r % 2 == 0 else order[::-1]:
+            out.append(per_step_us(fn, steps))
+    return statistics.median(ours_us), statistics.median(ref_us)
+
+
+def randn_us(shape: tuple[int, ...], rounds: int, steps: int) -> float:
+    g = torch.Generator().manual_seed(0)
+    return statistics.median(per_step_us(lambda: torch.randn(shape, generator=g), steps) for _ in range(rounds))
+
+
+def main() -> None:
+    global CLOCK
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    args = parser.parse_args()
+    if args.clock == "cpu":
+        CLOCK = time.thread_time
+        torch.set_num_threads(1)
+    elif args.threads:
+        torch.set_num_threads(args.threads)
+    print(
+        f"torch {torch.__version__}, diffusers {diffusers.__version__}, {torch.get_num_threads()} thread(s), "
+        f"{args.clock} clock, median of {args.rounds} rounds x {args.steps} steps"
+    )
+    print(f"{'case':<30}{'shape':<18}{'diffkit us':>11}{'diffusers us':>14}{'ratio':>7}{'ratio w/o randn':>17}")
+    for shape in SHAPES:
+        g = torch.Generator().manual_seed(0)
+        x, out = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+        floor = randn_us(shape, args.rounds, args.steps)
+        for name, make, draws in CASES:
+            ours, ref = bench(make(x, out), args.rounds, args.steps)
+            without = f"{(ours - floor) / (ref - floor):>17.2f}" if draws else ""
+            print(f"{name:<30}{str(shape):<18}{ours:>11.1f}{ref:>14.1f}{ours / ref:>7.2f}{without}")
+        print(f"{'  (randn draw alone)':<30}{str(shape):<18}{floor:>11.1f}")
+
+
+if __name__ == "__main__":
+    main()
