@@ -16,6 +16,9 @@ from typing import Any, NamedTuple
 from .errors import CheckpointError
 
 MODEL_INDEX = "model_index.json"
+#: libraries whose classes diffkit plugins provide under the same names; diffusers writes
+#: "deprecated" for the classes it keeps in its ``deprecated`` subpackages (e.g. KarrasVeScheduler)
+NATIVE_LIBRARIES = ("diffusers", "diffkit", "deprecated")
 
 
 def read_json(path: str | os.PathLike[str], what: str = "config file") -> dict[str, Any]:

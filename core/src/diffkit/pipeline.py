@@ -31,8 +31,6 @@ from .scheduler import Scheduler
 
 logger = logging.getLogger("diffkit.pipeline")
 
-#: libraries whose classes diffkit plugins provide under the same names
-NATIVE_LIBRARIES = ("diffusers", "diffkit")
 #: loading options that are not components or pipeline settings
 LOAD_OPTIONS = (
     "torch_dtype", "variant", "use_safetensors", "allow_pickle", "revision", "cache_dir", "force_download",

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from ._fs import safe_child
 from ._registry import registry
-from .checkpoint import MODEL_INDEX, ComponentEntry, parse_model_index, read_json
+from .checkpoint import MODEL_INDEX, NATIVE_LIBRARIES, ComponentEntry, parse_model_index, read_json
 from .dtypes import dtype_for, parse_dtype
 from .errors import CheckpointError
 from .hub import hub_kwargs, is_repo_id
 from .model import Model
-from .pipeline import LOAD_OPTIONS, NATIVE_LIBRARIES, resolve_component_class
+from .pipeline import LOAD_OPTIONS, resolve_component_class
 from .processor import Processor
 from .remote_code import CodeSource, check_remote_code, pick_class, run_remote_module
 from .scheduler import Scheduler
