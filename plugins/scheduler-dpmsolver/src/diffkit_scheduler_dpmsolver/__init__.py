@@ -1,0 +1,1 @@
+"""diffkit plugin: the DPM-Solver schedulers (multistep, single-step, inverse, SDE, EDM)."""

@@ -1,0 +1,119 @@
+"""Benchmark: one ``step`` (+ ``scale_model_input``) of the DPM-Solver family, DEIS and UniPC, diffkit vs diffusers.
+
+Each scheduler plans 50 steps, takes the first steps so that the multistep history is full, and
+then repeats one mid-schedule step (history, step index and lower-order counter restored before
+each call), so the numbers are the per-step cost only. The two libraries alternate in rounds in
+the same process and the median round is reported.
+
+Run: python tests/benchmarks/bench_schedulers_dpmsolver_family.py [--rounds 7] [--steps 100] [--clock cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import diffusers
+import torch
+
+from diffkit_scheduler_deis.deis import DEISMultistepScheduler
+from diffkit_scheduler_dpmsolver.edm import EDMDPMSolverMultistepScheduler
+from diffkit_scheduler_dpmsolver.multistep import DPMSolverMultistepScheduler
+from diffkit_scheduler_dpmsolver.multistep_inverse import DPMSolverMultistepInverseScheduler
+from diffkit_scheduler_dpmsolver.sde import DPMSolverSDEScheduler
+from diffkit_scheduler_dpmsolver.singlestep import DPMSolverSinglestepScheduler
+from diffkit_scheduler_unipc.unipc import UniPCMultistepScheduler
+
+warnings.filterwarnings("ignore")
+SHAPES = [(1, 4, 32, 32), (1, 4, 128, 128)]
+CASES = [
+    ("DPM++ 2M", DPMSolverMultistepScheduler, diffusers.DPMSolverMultistepScheduler, {}),
+    ("DPM++ 3M", DPMSolverMultistepScheduler, diffusers.DPMSolverMultistepScheduler, {"solver_order": 3}),
+    ("DPM++ 2M SDE", DPMSolverMultistepScheduler, diffusers.DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"}),
+    ("DPM++ 2S single", DPMSolverSinglestepScheduler, diffusers.DPMSolverSinglestepScheduler, {}),
+    ("DPM++ 2M inverse", DPMSolverMultistepInverseScheduler, diffusers.DPMSolverMultistepInverseScheduler, {}),
+    ("EDM DPM++ 2M", EDMDPMSolverMultistepScheduler, diffusers.EDMDPMSolverMultistepScheduler, {}),
+    ("DEIS 2", DEISMultistepScheduler, diffusers.DEISMultistepScheduler, {}),
+    ("UniPC bh2 2", UniPCMultistepScheduler, diffusers.UniPCMultistepScheduler, {}),
+    ("UniPC bh2 3", UniPCMultistepScheduler, diffusers.UniPCMultistepScheduler, {"solver_order": 3}),
+    ("DPM++ SDE (tree)", DPMSolverSDEScheduler, diffusers.DPMSolverSDEScheduler, {"noise_sampler_seed": 0}),
+]
+CLOCK = time.perf_counter
+_STATE_KEYS = ("_step_index", "step_index", "lower_order_nums", "model_outputs", "last_sample", "this_order", "sample",
+               "timestep_list", "mid_point_sigma")
+
+
+def per_step_us(fn, steps: int) -> float:
+    start = CLOCK()
+    for _ in range(steps):
+        fn()
+    return (CLOCK() - start) / steps * 1e6
+
+
+def _snapshot(obj) -> dict:
+    return {k: (list(v) if isinstance(v, list) else v) for k, v in vars(obj).items() if k in _STATE_KEYS}
+
+
+def _restore(obj, snap: dict) -> None:
+    for k, v in snap.items():
+        object.__setattr__(obj, k, list(v) if isinstance(v, list) else v)
+
+
+def bench_case(ours_cls, ref_cls, config, shape, rounds, steps):
+    g = torch.Generator().manual_seed(0)
+    sample, model_output = torch.randn(shape, generator=g), torch.randn(shape, generator=g) * 0.1
+    state = ours_cls(**config).plan(50)
+    ref = ref_cls(**config)
+    ref.set_timesteps(50)
+    k = 25 if ours_cls is not DPMSolverSDEScheduler else 24  # the SDE one: a first-order stage
+    for i in range(k):  # fill the histories the same way
+        state.step(model_output, state.timesteps[i], sample)
+        ref.step(model_output, ref.timesteps[i], sample)
+    t_ours, t_ref = state.timesteps[k], ref.timesteps[k]
+    snap_ours, snap_ref = _snapshot(state), _snapshot(ref)
+    if hasattr(state, "noise_sampler"):
+        state.noise_sampler, ref.noise_sampler = state.noise_sampler, ref.noise_sampler
+
+    def ours():
+        _restore(state, snap_ours)
+        state.step(model_output, t_ours, state.scale_model_input(sample, t_ours))
+
+    def theirs():
+        _restore(ref, snap_ref)
+        ref.step(model_output, t_ref, ref.scale_model_input(sample, t_ref))
+
+    for fn in (ours, theirs):
+        per_step_us(fn, 5)
+    ours_us, ref_us = [], []
+    for r in range(rounds):
+        order = [(ours, ours_us), (theirs, ref_us)]
+        for fn, out in order if r % 2 == 0 else order[::-1]:
+            out.append(per_step_us(fn, steps))
+    return statistics.median(ours_us), statistics.median(ref_us)
+
+
+def main() -> None:
+    global CLOCK
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="cpu")
+    args = parser.parse_args()
+    if args.clock == "cpu":
+        CLOCK = time.thread_time
+    torch.set_num_threads(1)
+    print(
+        f"torch {torch.__version__}, diffusers {diffusers.__version__}, 1 thread, {args.clock} clock, "
+        f"median of {args.rounds} rounds x {args.steps} steps, 50-step plan, one mid-schedule step + scale_model_input"
+    )
+    print(f"{'case':<20}{'shape':<18}{'diffkit us':>11}{'diffusers us':>14}{'ratio':>7}")
+    for shape in SHAPES:
+        for name, ours_cls, ref_cls, config in CASES:
+            ours, ref = bench_case(ours_cls, ref_cls, config, shape, args.rounds, args.steps)
+            print(f"{name:<20}{str(shape):<18}{ours:>11.1f}{ref:>14.1f}{ours / ref:>7.2f}")
+
+
+if __name__ == "__main__":
+    main()
