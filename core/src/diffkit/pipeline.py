@@ -9,6 +9,7 @@ never imports a module because a JSON file names it. Pipelines keep no per-call 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
@@ -461,6 +462,23 @@ class Pipeline:
     def __repr__(self) -> str:
         parts = ", ".join(f"{n}={type(c).__name__ if c is not None else None}" for n, c in self.components.items())
         return f"{type(self).__name__}({parts})"
+
+
+@functools.lru_cache(maxsize=None)
+def _step_parameters(state_type: type) -> frozenset[str]:
+    signature = inspect.signature(state_type.step)
+    if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        return frozenset({"*"})
+    return frozenset(signature.parameters)
+
+
+def step_kwargs(state: Any, **candidates: Any) -> dict[str, Any]:
+    """The ``candidates`` (``eta``, ``generator``, ...) that ``state.step`` accepts.
+
+    Lets a pipeline drive any scheduler: e.g. PNDM's step takes no generator, DDIM's takes eta.
+    """
+    accepted = _step_parameters(type(state))
+    return dict(candidates) if "*" in accepted else {k: v for k, v in candidates.items() if k in accepted}
 
 
 def image_noise_shape(model_config: Any, batch_size: int) -> tuple[int, ...]:

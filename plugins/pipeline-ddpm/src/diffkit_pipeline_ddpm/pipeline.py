@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from diffkit.outputs import ImagePipelineOutput
-from diffkit.pipeline import Pipeline, image_noise_shape
+from diffkit.pipeline import Pipeline, image_noise_shape, step_kwargs
 from diffkit.randomness import randn_tensor
 from diffkit_processors_image.image_processor import VaeImageProcessor
 
@@ -16,7 +16,11 @@ StepCallback = Callable[[Any, int, torch.Tensor, dict[str, Any]], dict[str, Any]
 
 
 class DDPMPipeline(Pipeline):
-    """Sample images from a ``UNet2DModel`` with a DDPM (or compatible) scheduler."""
+    """Sample images from a ``UNet2DModel`` with a DDPM scheduler, or any other installed one.
+
+    Unlike diffusers' DDPMPipeline it applies ``init_noise_sigma`` and ``scale_model_input``,
+    which are exact no-ops for DDPM, so sigma-based schedulers give correct images too.
+    """
 
     model_cpu_offload_seq = "unet"
 
@@ -44,10 +48,13 @@ class DDPMPipeline(Pipeline):
             image_noise_shape(self.unet.config, batch_size), generator=generator, device=device, dtype=self.unet.dtype
         )
         state = self.scheduler.plan(num_inference_steps, device=device)
-        tensors = {"latents": image}
+        # 1 and the identity for DDPM; they let any scheduler (Euler, DPM-Solver, ...) drive this pipeline
+        tensors = {"latents": image * state.init_noise_sigma}
         for i, t in enumerate(self.progress_bar(state.timesteps)):
-            model_output = self.unet(tensors["latents"], t).sample
-            tensors["latents"] = state.step(model_output, t, tensors["latents"], generator=generator).prev_sample
+            model_input = state.scale_model_input(tensors["latents"], t)
+            model_output = self.unet(model_input, t).sample
+            step = state.step(model_output, t, tensors["latents"], **step_kwargs(state, generator=generator))
+            tensors["latents"] = step.prev_sample
             tensors = self.run_step_callback(callback_on_step_end, i, t, tensors, callback_on_step_end_tensor_inputs)
         images = VaeImageProcessor().postprocess(tensors["latents"], output_type=output_type)
         self.maybe_free_model_hooks()
