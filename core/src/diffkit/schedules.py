@@ -459,3 +459,21 @@ def scalar_rows(columns: torch.Tensor, dtype: torch.dtype | None = None) -> list
     if dtype in _LOW_PRECISION:
         columns = columns.to(dtype)
     return list(zip(*columns.tolist(), strict=True))
+
+
+def axpby_into(
+    a: Scalar, x: torch.Tensor, b: Scalar, y: torch.Tensor, own_x: bool = False, own_y: bool = False
+) -> torch.Tensor:
+    """``a·x + b·y`` rounded as the plain expression, written into ``x`` and/or ``y`` where the caller owns them.
+
+    An owned tensor is a fresh temporary the caller will not read again; using it as the output
+    saves an allocation and a pass over memory.
+    """
+    if not (x.dtype == y.dtype and x.shape == y.shape and _is_num(a) and _is_num(b)):
+        return a * x + b * y
+    if own_x:
+        return x.mul_(a).add_(y.mul_(b) if own_y else torch.mul(y, b))
+    if own_y:
+        # b·y + a·x: the sum of the same two rounded products
+        return y.mul_(b).add_(torch.mul(x, a))
+    return torch.mul(x, a).add_(torch.mul(y, b))

@@ -1,1 +1,1 @@
-"""diffkit plugin: the DDIM scheduler."""
+"""diffkit plugin: the DDIM scheduler and its inverse."""

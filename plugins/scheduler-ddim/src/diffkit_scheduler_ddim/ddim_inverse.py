@@ -127,7 +127,7 @@ class DDIMInverseState(SchedulerState):
             eps = S.eps_from_prediction(model_output, sample, alpha, sigma, pt)
         x0 = S.bound_x0(x0, None, self._clip, inplace=x0 is not model_output)
         # x_t = √ᾱ_t·x0 + √(1-ᾱ_t)·ε
-        prev = S.axpby(alpha_next, x0, sigma_next, eps)
+        prev = S.axpby_into(alpha_next, x0, sigma_next, eps, own_y=eps is not model_output)
         if i is not None:
             self.step_index = i + 1
         if not return_dict:

@@ -1,0 +1,1 @@
+"""diffkit plugin: the flow-matching (rectified flow) Euler and Heun schedulers."""

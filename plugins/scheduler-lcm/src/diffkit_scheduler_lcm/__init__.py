@@ -1,0 +1,1 @@
+"""diffkit plugin: the LCM and TCD consistency schedulers."""

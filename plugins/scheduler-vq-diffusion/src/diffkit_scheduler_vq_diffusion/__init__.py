@@ -1,0 +1,1 @@
+"""diffkit plugin: the VQ-Diffusion scheduler (discrete diffusion over codebook indices)."""

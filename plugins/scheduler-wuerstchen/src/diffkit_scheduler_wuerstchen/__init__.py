@@ -1,0 +1,1 @@
+"""diffkit plugin: the Wuerstchen DDPM scheduler (continuous time)."""
