@@ -157,7 +157,9 @@ def chosen_sigma_schedule(
     """The schedule the three config flags select, ``None`` for none; ``ValueError`` when several are set."""
     chosen = [
         kind
-        for kind, flag in zip(SIGMA_SCHEDULES, (use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas))
+        for kind, flag in zip(
+            SIGMA_SCHEDULES, (use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas), strict=True
+        )
         if flag
     ]
     if len(chosen) > 1:

@@ -1,0 +1,1 @@
+"""diffkit plugin: the Heun scheduler."""
