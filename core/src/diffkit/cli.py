@@ -1,8 +1,9 @@
-"""The ``diffkit`` command line: ``plugins``, ``list`` and ``info``.
+"""The ``diffkit`` command line: ``plugins``, ``list``, ``info`` and ``generate``.
 
-These commands read plugin metadata, ``registry.toml`` and checkpoint JSON files only, so they
-never import torch and answer at once. Each subcommand is one entry of :data:`COMMANDS`
-(a parser builder and a handler), which is where ``generate`` will be added.
+``plugins``, ``list`` and ``info`` read plugin metadata, ``registry.toml`` and checkpoint JSON
+files only, so they never import torch and answer at once; ``generate`` imports torch inside
+its handler. Each subcommand is one entry of :data:`COMMANDS` (a parser builder and a handler);
+the ``generate`` options that feed a pipeline's ``__call__`` are entries of :data:`CALL_OPTIONS`.
 
 Exit codes: 0 success; 1 ``info`` found something that no installed plugin provides, or a
 plugin failed to load under ``DIFFKIT_STRICT_PLUGINS=1``; 2 bad arguments or bad input (one
@@ -16,7 +17,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -664,13 +665,525 @@ def cmd_info(args: argparse.Namespace) -> int:
     return EXIT_MISSING if report.missing() else EXIT_OK
 
 
+# -- diffkit generate --------------------------------------------------------------------
+
+#: what ``--output`` may end in for audio; images take any suffix Pillow can write
+AUDIO_SUFFIX = ".wav"
+IMAGE_SUFFIX = ".png"
+#: pixels between the images of a grid, and their value
+GRID_GAP = 2
+GRID_GAP_VALUE = 255
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2**64-1, got {value}")
+    return value
+
+
+def _nonempty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def _existing_file(text: str) -> Path:
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text} is not a file")
+    return path
+
+
+def _open_image(path: Path) -> Any:
+    """An input image for the pipeline, read with Pillow (RGB)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise CLIError(f"cannot read the image {path}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class CallOption:
+    """One ``generate`` option that becomes a keyword argument of the pipeline's ``__call__``.
+
+    ``parameters`` are the ``__call__`` parameters it can fill, by preference: the first one
+    the pipeline accepts gets the value. ``load`` turns the parsed text into the call value
+    (e.g. opens an image) once the option is known to be used. A new kind of pipeline input
+    is one more entry of :data:`CALL_OPTIONS`.
+    """
+
+    flag: str
+    parameters: tuple[str, ...]
+    metavar: str
+    help: str
+    parse: Callable[[str], Any]
+    load: Callable[[Any], Any] | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+
+#: ``generate`` options passed to the pipeline, each only where its ``__call__`` takes it
+CALL_OPTIONS: tuple[CallOption, ...] = (
+    CallOption("--steps", ("num_inference_steps",), "N", "denoising steps (default: the pipeline's)", _positive_int),
+    CallOption(
+        "--num-images", ("batch_size", "num_images_per_prompt"), "N",
+        "how many images (or audio clips) to generate (default: the pipeline's, usually 1)", _positive_int,
+    ),
+    CallOption("--prompt", ("prompt",), "TEXT", "text prompt, for text-conditioned pipelines", _nonempty),
+    CallOption("--image", ("image",), "FILE", "input image, for image-to-image pipelines", _existing_file, _open_image),
+    CallOption("--mask-image", ("mask_image",), "FILE", "mask image, for inpainting pipelines", _existing_file, _open_image),
+)
+
+
+def _add_generate_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "generate",
+        help="run a pipeline and write what it makes: a PNG grid of images, or WAV audio",
+        description="Load a pipeline from a checkpoint folder, a registered pretrained name (e.g. "
+        "diffkit/ddpm-digits) or a Hub repo, run it with a progress bar, and write its images as one PNG "
+        "grid (or its audio as WAV). Options the pipeline does not take are an error; so is an input it "
+        "needs that no option gives.",
+    )
+    parser.add_argument("source", metavar="PATH_OR_REPO_OR_PRETRAINED_NAME", help="what to load")
+    for option in CALL_OPTIONS:
+        parser.add_argument(option.flag, dest=option.dest, type=option.parse, metavar=option.metavar, help=option.help)
+    parser.add_argument("--seed", type=_seed, metavar="S", help="random seed (default: a random one, printed)")
+    parser.add_argument("--scheduler", metavar="NAME", help="sample with this installed scheduler (e.g. DDIMScheduler)")
+    parser.add_argument(
+        "--pipeline", metavar="NAME",
+        help="load the checkpoint into this installed pipeline class instead of the one it names (e.g. PNDMPipeline)",
+    )
+    parser.add_argument("--device", default="auto", metavar="D", help="cpu, cuda, cuda:1, mps... (default: auto)")
+    parser.add_argument("--dtype", metavar="T", help="float32, float16, bfloat16 or auto (default: float32)")
+    parser.add_argument(
+        "--output", type=Path, metavar="FILE",
+        help=f"file to write (default: named after the source, {IMAGE_SUFFIX} or {AUDIO_SUFFIX}, in this folder)",
+    )
+    parser.set_defaults(handler=cmd_generate)
+
+
+def _check_output(path: Path | None) -> Path | None:
+    """Fail early (before loading anything) when ``--output`` cannot be written."""
+    folder = Path.cwd() if path is None else path.parent
+    if path is not None:
+        if path.is_dir():
+            raise CLIError(f"--output {path} is a folder; give a file name such as {path / ('out' + IMAGE_SUFFIX)}")
+        suffix = path.suffix.lower()
+        if suffix != AUDIO_SUFFIX and suffix not in _image_formats():
+            raise CLIError(
+                f"--output {path}: unknown file type {path.suffix or '(no suffix)'!r}; "
+                f"use {IMAGE_SUFFIX} (or another image type Pillow writes) for images, {AUDIO_SUFFIX} for audio"
+            )
+    if not folder.is_dir():
+        raise CLIError(f"--output {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CLIError(f"cannot write to the folder {folder}")
+    return path
+
+
+def _image_formats() -> dict[str, str]:
+    """File suffix -> Pillow format, for the formats Pillow can write."""
+    from PIL import Image
+
+    Image.init()
+    return {ext: fmt for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
+
+
+def _pick_device(text: str) -> Any:
+    """``--device`` as a ``torch.device`` that works here (``auto``: CUDA, then MPS, then the CPU)."""
+    import torch
+
+    if text == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise CLIError(f"--device {text!r} is not a device; use cpu, cuda, cuda:N, mps or auto") from None
+    try:
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError, AttributeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CLIError(f"--device {text!r} is not usable here: {first}") from None
+    return device
+
+
+def _pick_dtype(text: str | None) -> Any:
+    if text is None:
+        return None
+    from .dtypes import parse_dtype
+
+    try:
+        return parse_dtype(text, "--dtype")
+    except (TypeError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _installed_class(kind: str, name: str | None, flag: str) -> type | None:
+    """The installed class for ``--scheduler``/``--pipeline`` (an unknown name says what is installed)."""
+    if name is None:
+        return None
+    if not name.strip():
+        raise CLIError(f"{flag} is empty")
+    try:
+        return registry.get(kind, name)
+    except ComponentNotFoundError as exc:
+        raise CLIError(f"{flag}: {_one_line(exc)}") from None
+
+
+def _compatible(source: type, target: type | None) -> bool:
+    """Whether ``target`` can be built from a ``source`` config: the same class, or either lists the other."""
+    if target is None:
+        return False
+    names = (source.__name__, target.__name__)
+    return (
+        source is target
+        or names[1] in getattr(source, "compatibles_names", ())
+        or names[0] in getattr(target, "compatibles_names", ())
+    )
+
+
+def _installed_scheduler(name: str) -> type | None:
+    try:
+        return registry.get("scheduler", name)
+    except DiffkitError:  # a broken plugin must not hide the message being built
+        return None
+
+
+def _swap_scheduler(pipe: Any, scheduler_cls: type) -> Any:
+    """A sibling of ``pipe`` sampling with ``scheduler_cls``, built from the current scheduler's config.
+
+    The pipeline is constructed again (sharing every other component), so a pipeline that
+    converts its scheduler on construction does so here too; when it refuses the requested
+    class that is an error rather than a silent substitution.
+    """
+    pipeline_name = type(pipe).__name__
+    current = pipe.components.get("scheduler")
+    if current is None:
+        raise CLIError(f"{pipeline_name} has no scheduler, so --scheduler does not apply")
+    target = scheduler_cls.__name__
+    if not _compatible(type(current), scheduler_cls):
+        others = sorted(n for n in registry.names("scheduler") if _compatible(type(current), _installed_scheduler(n)))
+        raise CLIError(
+            f"--scheduler {target} cannot take the config of {type(current).__name__}; compatible installed "
+            f"schedulers: {', '.join(others) or 'none'}"
+        )
+    scheduler = scheduler_cls.from_config(current.config)
+    sibling = type(pipe)(**{**pipe.components, "scheduler": scheduler}, **pipe.settings)
+    if not isinstance(sibling.scheduler, scheduler_cls):
+        raise CLIError(
+            f"{pipeline_name} samples only with {type(sibling.scheduler).__name__}, so --scheduler {target} "
+            "does not apply to it"
+        )
+    sibling.set_progress_bar_config(**pipe._progress_bar_config)
+    return sibling
+
+
+def _call_arguments(pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments for ``pipe(...)`` from the options, checked against its signature."""
+    import inspect
+
+    pipeline_name = type(pipe).__name__
+    params = inspect.signature(pipe.__call__).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    kwargs: dict[str, Any] = {}
+    for option in CALL_OPTIONS:
+        value = getattr(args, option.dest)
+        if value is None:
+            continue
+        target = next((p for p in option.parameters if p in params), option.parameters[0] if takes_any else None)
+        if target is None:
+            raise CLIError(
+                f"{pipeline_name} does not take {option.flag} (its __call__ has no {' or '.join(option.parameters)})"
+            )
+        kwargs[target] = option.load(value) if option.load is not None else value
+    if "generator" in params or takes_any:
+        import torch
+
+        kwargs["generator"] = torch.Generator("cpu").manual_seed(args.seed)
+    missing = [
+        name
+        for name, p in params.items()
+        if p.default is p.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and name not in kwargs
+    ]
+    if missing:
+        flags = {p: o.flag for o in CALL_OPTIONS for p in o.parameters}
+        needs = ", ".join(f"{name} ({flags[name]})" if name in flags else repr(name) for name in missing)
+        hint = "" if all(name in flags for name in missing) else "; generate runs pipelines whose inputs it has options for"
+        raise CLIError(f"{pipeline_name} needs {needs}{hint}")
+    return kwargs
+
+
+def _default_of(pipe: Any, parameter: str) -> Any:
+    """The default value of a ``__call__`` parameter, or ``None``."""
+    import inspect
+
+    param = inspect.signature(pipe.__call__).parameters.get(parameter)
+    return None if param is None or param.default is param.empty else param.default
+
+
+def _suffix_kind(path: Path) -> str:
+    return "audio" if path.suffix.lower() == AUDIO_SUFFIX else "image"
+
+
+def _declared_kind(pipe: Any) -> str | None:
+    """``"image"`` or ``"audio"`` when the return annotation of ``pipe.__call__`` names one output class."""
+    import inspect
+
+    annotation = inspect.signature(pipe.__call__).return_annotation
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    kinds = {kind for kind, name in (("image", "ImagePipelineOutput"), ("audio", "AudioPipelineOutput")) if name in text}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def _classify(result: Any, pipeline_name: str) -> tuple[str, Any]:
+    """What a pipeline returned: ``("image", images)`` or ``("audio", audios)``.
+
+    Output objects are read by field; a bare tuple (``return_dict=False`` style) by its first
+    item; a bare array or tensor by its rank (4: images, 1 to 3: audio).
+    """
+    for kind, field_name in (("image", "images"), ("audio", "audios")):
+        value = getattr(result, field_name, None)
+        if value is not None:
+            return kind, value
+    if isinstance(result, tuple) and result:
+        result = result[0]
+    if isinstance(result, list) and result and all(hasattr(im, "save") for im in result):
+        return "image", result
+    ndim = getattr(result, "ndim", None)
+    if ndim == 4:
+        return "image", result
+    if ndim in (1, 2, 3):
+        return "audio", result
+    raise CLIError(f"{pipeline_name} returned {type(result).__name__}, which holds no images or audio", EXIT_MISSING)
+
+
+def _default_output(source: str, suffix: str) -> Path:
+    name = Path(source.rstrip("/\\")).name or "output"
+    return Path.cwd() / f"{name}{suffix}"
+
+
+def _as_pil(images: Any) -> list[Any]:
+    """Pipeline images (PIL list, NHWC numpy in [0, 1], or NCHW tensor in [0, 1]) as PIL images."""
+    import numpy as np
+
+    from .outputs import numpy_to_pil
+
+    if isinstance(images, (list, tuple)) and all(hasattr(im, "save") for im in images):
+        return list(images)
+    if hasattr(images, "detach"):
+        images = images.detach().float().cpu().permute(0, 2, 3, 1).numpy()
+    array = np.asarray(images)
+    if array.ndim != 4:
+        raise CLIError(f"the pipeline returned images shaped {array.shape}; expected a batch of images", EXIT_MISSING)
+    return numpy_to_pil(np.clip(array, 0.0, 1.0))
+
+
+def grid_shape(count: int) -> tuple[int, int]:
+    """``(columns, rows)`` of a grid of ``count`` images: ``ceil(sqrt(count))`` columns."""
+    import math
+
+    cols = math.ceil(math.sqrt(count))
+    return cols, math.ceil(count / cols)
+
+
+def image_grid(images: Sequence[Any], gap: int = GRID_GAP) -> Any:
+    """One PIL image holding ``images`` in rows of ``ceil(sqrt(n))``, ``gap`` pixels apart (one image: itself)."""
+    from PIL import Image
+
+    if len(images) == 1:
+        return images[0]
+    mode = "RGB" if any(im.mode != "L" for im in images) else "L"
+    width = max(im.width for im in images)
+    height = max(im.height for im in images)
+    cols, rows = grid_shape(len(images))
+    fill = GRID_GAP_VALUE if mode == "L" else (GRID_GAP_VALUE,) * 3
+    grid = Image.new(mode, (cols * width + (cols - 1) * gap, rows * height + (rows - 1) * gap), fill)
+    for i, im in enumerate(images):
+        row, col = divmod(i, cols)
+        grid.paste(im.convert(mode), (col * (width + gap), row * (height + gap)))
+    return grid
+
+
+def _write_images(images: Any, path: Path) -> str:
+    from .audio import partial_path
+
+    pictures = _as_pil(images)
+    grid = image_grid(pictures)
+    fmt = _image_formats()[path.suffix.lower()]
+    tmp = partial_path(path)
+    try:
+        grid.save(tmp, format=fmt)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    w, h = pictures[0].size
+    if len(pictures) == 1:
+        return f"1 image of {w}x{h}"
+    cols, rows = grid_shape(len(pictures))
+    return f"{len(pictures)} images of {w}x{h} in a {cols}x{rows} grid ({grid.width}x{grid.height} px)"
+
+
+def _sample_rate(pipe: Any) -> int:
+    """The audio sample rate: the pipeline's ``sample_rate``, else a component config's ``sample_rate``."""
+    rate = getattr(pipe, "sample_rate", None)
+    if rate is None:
+        for component in pipe.components.values():
+            rate = getattr(getattr(component, "config", None), "sample_rate", None)
+            if rate is not None:
+                break
+    if rate is None:
+        raise CLIError(f"{type(pipe).__name__} made audio but declares no sample_rate", EXIT_MISSING)
+    return int(rate)
+
+
+def _write_audio(audios: Any, path: Path, sample_rate: int) -> tuple[list[Path], str]:
+    """One WAV per clip: ``path`` itself for one clip, ``stem-0.wav``, ``stem-1.wav``... for several."""
+    import numpy as np
+
+    from .audio import write_wav
+
+    clips = audios.detach().float().cpu().numpy() if hasattr(audios, "detach") else np.asarray(audios)
+    if clips.ndim == 1:
+        clips = clips[None, None, :]
+    elif clips.ndim == 2:
+        clips = clips[:, None, :]
+    paths = [path] if len(clips) == 1 else [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(len(clips))]
+    for clip, target in zip(clips, paths, strict=True):
+        write_wav(target, clip, sample_rate)
+    seconds = clips.shape[-1] / sample_rate
+    what = "1 clip" if len(clips) == 1 else f"{len(clips)} clips"
+    return paths, f"{what} of {seconds:.2f} s, {clips.shape[1]} channel(s) at {sample_rate} Hz"
+
+
+def _size(paths: Sequence[Path]) -> str:
+    total = sum(p.stat().st_size for p in paths)
+    for unit, scale in (("MB", 1e6), ("kB", 1e3)):
+        if total >= scale:
+            return f"{total / scale:.1f} {unit}"
+    return f"{total} B"
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Turn the loader's progress bar off for the duration of the block."""
+    previous = os.environ.get("DIFFKIT_DISABLE_PROGRESS")
+    os.environ["DIFFKIT_DISABLE_PROGRESS"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("DIFFKIT_DISABLE_PROGRESS", None)
+        else:
+            os.environ["DIFFKIT_DISABLE_PROGRESS"] = previous
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """``diffkit generate SOURCE``: load, run, write a PNG grid (or WAV) and say what was written."""
+    import random
+    import time
+
+    if not args.source.strip():
+        raise CLIError("PATH_OR_REPO_OR_PRETRAINED_NAME is empty")
+    output = _check_output(args.output.expanduser() if args.output is not None else None)
+    dtype = _pick_dtype(args.dtype)
+    scheduler_cls = _installed_class("scheduler", args.scheduler, "--scheduler")
+    pipeline_cls = _installed_class("pipeline", args.pipeline, "--pipeline")
+    device = _pick_device(args.device)
+    if args.seed is None:
+        args.seed = random.SystemRandom().randrange(2**32)
+
+    from .pipeline import Pipeline
+
+    started = time.perf_counter()
+    options = {} if dtype is None else {"torch_dtype": dtype}
+    try:
+        with _quiet_loading():  # only the sampling bar: an error after loading stays a single line
+            pipe = (pipeline_cls or Pipeline).from_pretrained(args.source, **options)
+    except ComponentNotFoundError as exc:
+        raise CLIError(f"cannot load {args.source!r}: {_one_line(exc)}", EXIT_MISSING) from None
+    except (DiffkitError, OSError, ValueError, TypeError) as exc:
+        raise CLIError(f"cannot load {args.source!r}: {_one_line(exc)}") from None
+    if scheduler_cls is not None:
+        pipe = _swap_scheduler(pipe, scheduler_cls)
+    kwargs = _call_arguments(pipe, args)
+    expected = _declared_kind(pipe)
+    if output is not None and expected is not None and _suffix_kind(output) != expected:
+        suffix = IMAGE_SUFFIX if expected == "image" else AUDIO_SUFFIX
+        raise CLIError(f"{type(pipe).__name__} makes {expected}: --output must be a file such as {output.with_suffix(suffix)}")
+    pipe.to(device)
+    loaded = time.perf_counter()
+    import torch
+
+    try:
+        with torch.inference_mode():
+            result = pipe(**kwargs)
+    except (ValueError, TypeError) as exc:
+        message = f"{type(pipe).__name__} refused the arguments: {_one_line(exc)}"
+        if scheduler_cls is not None:
+            # e.g. DDPMPipeline passes generator= to step(), which PNDMScheduler does not take
+            family = scheduler_cls.__name__.removesuffix("Scheduler") + "Pipeline"
+            hint = f"; try --pipeline {family}" if registry.has("pipeline", family) else ""
+            message = f"{type(pipe).__name__} cannot sample with {scheduler_cls.__name__}: {_one_line(exc)}{hint}"
+        raise CLIError(message) from None
+    except RuntimeError as exc:
+        raise CLIError(f"{type(pipe).__name__} failed on {device}: {_one_line(exc)}", EXIT_MISSING) from None
+    seconds = time.perf_counter() - loaded
+
+    kind, payload = _classify(result, type(pipe).__name__)
+    suffix = IMAGE_SUFFIX if kind == "image" else AUDIO_SUFFIX
+    path = (output or _default_output(args.source, suffix)).resolve()
+    if _suffix_kind(path) != kind:  # the annotation did not tell: keep the work, fix the name
+        fixed = path.with_suffix(suffix)
+        print(f"diffkit generate: note: {type(pipe).__name__} made {kind}, so it goes to {fixed}", file=sys.stderr)
+        path = fixed
+    if kind == "image":
+        paths, what = [path], _write_images(payload, path)
+    else:
+        paths, what = _write_audio(payload, path, _sample_rate(pipe))
+
+    scheduler = pipe.components.get("scheduler")
+    steps = kwargs.get("num_inference_steps", _default_of(pipe, "num_inference_steps"))
+    steps = f", {steps} steps" if isinstance(steps, int) else ""
+    how = f"{type(pipe).__name__}" + (f" with {type(scheduler).__name__}" if scheduler is not None else "")
+    for path in paths:
+        print(path)
+    print(
+        f"wrote {what}, {_size(paths)}: {how}{steps}, seed {args.seed}, on {device}; "
+        f"{seconds:.1f} s (loading {loaded - started:.1f} s)"
+    )
+    return EXIT_OK
+
+
 # -- the parser and main -----------------------------------------------------------------
 
-#: subcommand name -> function adding its parser (which sets ``handler``); ``generate`` goes here
+#: subcommand name -> function adding its parser (which sets ``handler``)
 COMMANDS: dict[str, Callable[[Any], None]] = {
     "plugins": _add_plugins_parser,
     "list": _add_list_parser,
     "info": _add_info_parser,
+    "generate": _add_generate_parser,
 }
 
 
