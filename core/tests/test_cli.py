@@ -463,6 +463,36 @@ def test_info_remote_code_pipeline_is_not_missing(reg, capsys, tmp_path):
     assert "pipeline.py:MyPipe" in out and "trust_remote_code=True" in out
 
 
+def test_info_component_code_in_the_checkpoint_is_remote_code_not_missing(reg, capsys, tmp_path):
+    reg.register_plugin(TOY, dist="diffkit-toy")
+    data = {"_class_name": "ToyPipeline", "unet": ["my_unet", "MyUNet"], "vae": ["other_lib", "Vae"]}
+    folder = write_index(tmp_path / "ckpt", data)
+    (folder / "unet").mkdir()
+    (folder / "unet" / "my_unet.py").write_text("class MyUNet: ...\n")
+    code, out, _ = run(capsys, "info", str(folder))
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ") and "[" in line}
+    assert rows["unet"].endswith("custom code unet/my_unet.py (runs only with trust_remote_code=True)")
+    assert rows["vae"].endswith("MISSING")  # no vae/other_lib.py and no loader for 'other_lib'
+    assert code == 1 and "Missing (1):" in out and "component_loader 'other_lib' (for vae)" in out
+    code, out, _ = run(capsys, "info", str(folder), "--json")
+    unet = next(c for c in json.loads(out)["components"] if c["name"] == "unet")
+    assert unet == {
+        "name": "unet", "library": "my_unet", "class_name": "MyUNet", "status": "remote code",
+        "code_file": "unet/my_unet.py",
+    }
+
+
+def test_info_component_code_in_a_hub_repo(reg, capsys, tmp_path):
+    reg.register_plugin(TOY, dist="diffkit-toy")
+    index = {"_class_name": "ToyPipeline", "unet": ["my_unet", "MyUNet"]}
+    cache = _hub_cache(tmp_path / "hub", "org/toy", {"model_index.json": index, "unet/my_unet.py": "x = 1\n"})
+    code, out, _ = run(capsys, "info", "org/toy", "--local-files-only", "--cache-dir", str(cache))
+    assert code == 0 and "custom code unet/my_unet.py" in out
+    cache = _hub_cache(tmp_path / "hub2", "org/toy", {"model_index.json": index})
+    code, out, _ = run(capsys, "info", "org/toy", "--local-files-only", "--cache-dir", str(cache))
+    assert code == 1 and "component_loader 'my_unet' (for unet)" in out
+
+
 @pytest.mark.parametrize(
     ("content", "needle"),
     [
@@ -528,15 +558,16 @@ def test_info_pretrained_name_pointing_nowhere_is_one_line(reg, capsys, tmp_path
     assert_one_line_error(code, out, err, str(tmp_path / "gone"), "does not exist")
 
 
-def _hub_cache(root: Path, repo_id: str, files: dict[str, dict[str, Any]], commit: str = "a" * 40) -> Path:
+def _hub_cache(root: Path, repo_id: str, files: dict[str, Any], commit: str = "a" * 40) -> Path:
     """A Hugging Face cache holding ``files`` of ``repo_id`` at ``main`` (what a download leaves behind)."""
     repo = root / ("models--" + repo_id.replace("/", "--"))
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
     snapshot = repo / "snapshots" / commit
     snapshot.mkdir(parents=True)
-    for name, data in files.items():
-        (snapshot / name).write_text(json.dumps(data))
+    for name, data in files.items():  # a JSON object, or a text file's content
+        (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+        (snapshot / name).write_text(data if isinstance(data, str) else json.dumps(data))
     return root
 
 

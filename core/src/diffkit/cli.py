@@ -24,10 +24,10 @@ from typing import Any, NoReturn
 
 from . import __version__
 from ._registry import INDEX_KEYS, KINDS, registry, resolve_target
+from .checkpoint import NATIVE_LIBRARIES
 from .errors import CheckpointError, ComponentNotFoundError, DiffkitError, DuplicateNameError, PluginError
 
 #: ``model_index.json`` libraries whose classes the registry itself provides
-DIFFKIT_LIBRARIES = ("diffusers", "diffkit")
 #: the kinds a component of a diffkit/diffusers library can be, in lookup order
 COMPONENT_KINDS = ("model", "scheduler", "processor")
 #: files that identify a checkpoint folder, in the order they are tried
@@ -349,12 +349,15 @@ class Component:
     name: str
     library: str | None
     class_name: str | None
-    found: Lookup | None = None  # None for [null, null]
+    found: Lookup | None = None  # None for [null, null] and for code in the checkpoint
+    code_file: str | None = None  # ``<component>/<library>.py`` of the checkpoint, run as remote code
 
     @property
     def status(self) -> str:
         if self.library is None:
             return "absent"
+        if self.code_file is not None:
+            return "remote code"
         assert self.found is not None
         return "ok" if self.found.ok else "conflict" if self.found.conflict else "missing"
 
@@ -365,6 +368,8 @@ class Component:
             "class_name": self.class_name,
             "status": self.status,
         }
+        if self.code_file is not None:
+            data["code_file"] = self.code_file
         if self.found is not None:
             data.update({k: v for k, v in self.found.as_dict().items() if k != "name"})
         return data
@@ -455,6 +460,27 @@ def _hub_file(repo_id: str, args: argparse.Namespace) -> Path:
     )
 
 
+def _hub_has_file(repo_id: str, args: argparse.Namespace) -> Callable[[str], bool]:
+    """Whether the Hub repo holds a file (fetched into the cache, never run); a failure counts as no."""
+    from huggingface_hub import hf_hub_download
+
+    from .hub import hub_kwargs
+
+    kwargs = hub_kwargs(
+        revision=args.revision, cache_dir=args.cache_dir, local_files_only=True if args.local_files_only else None
+    )
+    kwargs.pop("proxies", None)
+
+    def has_file(relative: str) -> bool:
+        try:
+            hf_hub_download(repo_id, relative, **kwargs)
+        except Exception:  # not there, not cached offline, or unreachable: info then reports it missing
+            return False
+        return True
+
+    return has_file
+
+
 def _local_file(path: Path) -> Path:
     """``path`` itself if it is a file, else the checkpoint JSON file in the folder ``path``."""
     if path.is_file():
@@ -471,8 +497,8 @@ def _local_file(path: Path) -> Path:
     raise CLIError(f"{path} does not exist")
 
 
-def locate_checkpoint_file(source: str, args: argparse.Namespace) -> tuple[Path, str]:
-    """The JSON file describing ``source`` and how the source was understood (for messages).
+def locate_checkpoint_file(source: str, args: argparse.Namespace) -> tuple[Path, str, str | None]:
+    """The JSON file describing ``source``, how the source was understood (for messages), and its Hub repo id.
 
     The order is ``from_pretrained``'s: a name a plugin registered as ``pretrained``, then a
     local folder or file, then a Hub repo id.
@@ -484,14 +510,15 @@ def locate_checkpoint_file(source: str, args: argparse.Namespace) -> tuple[Path,
             target = Path(value() if callable(value) else value)
         except PluginError as exc:
             raise CLIError(str(exc), EXIT_MISSING) from None
-        return _local_file(target), f"{source} (pretrained, from {entry.dist})"
+        return _local_file(target), f"{source} (pretrained, from {entry.dist})", None
     path = Path(source).expanduser()
     if path.exists():
-        return _local_file(path), str(path)
+        return _local_file(path), str(path), None
     from .hub import is_repo_id
 
     if "/" in source and is_repo_id(source):  # 'org/name'; a bare 'name' is more likely a mistyped folder
-        return _hub_file(source, args), f"{source} (Hub repo{', revision ' + args.revision if args.revision else ''})"
+        described = f"{source} (Hub repo{', revision ' + args.revision if args.revision else ''})"
+        return _hub_file(source, args), described, source
     if args.revision is not None:
         raise CLIError(f"{source!r} is not a valid Hub repo id ('org/name')")
     raise CLIError(
@@ -550,8 +577,15 @@ class Report:
         }
 
 
-def inspect_checkpoint(file: Path, source: str) -> Report:
-    """Read ``file`` (``model_index.json`` or a single config) and look up every class it names."""
+def inspect_checkpoint(file: Path, source: str, has_file: Callable[[str], bool] | None = None) -> Report:
+    """Read ``file`` (``model_index.json`` or a single config) and look up every class it names.
+
+    ``has_file(relative_path)`` says whether the checkpoint holds a file (default: beside
+    ``file``); a component whose library no plugin loads but whose ``<component>/<library>.py``
+    the checkpoint holds is custom code, as ``from_pretrained`` sees it.
+    """
+    if has_file is None:
+        has_file = lambda relative: (file.parent / relative).is_file()  # noqa: E731
     data = _read_json_object(file)
     context = f"from {file}"
     if file.name == PIPELINE_FILE:
@@ -581,10 +615,13 @@ def inspect_checkpoint(file: Path, source: str) -> Report:
             )
         for name, (library, cls) in entries.items():
             component = Component(name, library, cls)
-            if library in DIFFKIT_LIBRARIES:
+            if library in NATIVE_LIBRARIES:
                 component.found = lookup_class(cls, context)
             elif library is not None:
                 component.found = lookup("component_loader", library, context)
+                code_file = f"{name}/{library}.py"
+                if not component.found.ok and library.isidentifier() and has_file(code_file):
+                    component.found, component.code_file = None, code_file
             report.components.append(component)
         return report
     class_name = data.get("_class_name")
@@ -624,7 +661,11 @@ def _print_report(report: Report) -> None:
         rows = []
         for c in report.components:
             entry = "[null, null]" if c.library is None else f"[{c.library}, {c.class_name}]"
-            rows.append([c.name, entry, "(absent)" if c.found is None else _describe(c.found)])
+            if c.code_file is not None:
+                provider = f"custom code {c.code_file} (runs only with trust_remote_code=True)"
+            else:
+                provider = "(absent)" if c.found is None else _describe(c.found)
+            rows.append([c.name, entry, provider])
         for line in _table(rows, indent="  "):
             print(line)
     if report.parameters:
@@ -656,8 +697,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     """``diffkit info PATH_OR_REPO``: what a checkpoint needs and who provides it."""
     if not args.source.strip():
         raise CLIError("PATH_OR_REPO is empty")
-    file, source = locate_checkpoint_file(args.source, args)
-    report = inspect_checkpoint(file, source)
+    file, source, repo_id = locate_checkpoint_file(args.source, args)
+    report = inspect_checkpoint(file, source, _hub_has_file(repo_id, args) if repo_id else None)
     if args.json:
         _emit_json(report.as_dict())
     else:
