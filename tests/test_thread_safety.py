@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffkit import DiffusionPipeline, registry
+from diffkit import registry
 
 TINY_UNET = dict(
     sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),

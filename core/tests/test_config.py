@@ -6,6 +6,7 @@ import json
 import logging
 from typing import Literal
 
+import pydantic
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -115,7 +116,7 @@ def test_non_object_json_names_the_file(tmp_path):
 
 def test_configs_are_immutable_and_replace_validates():
     config = ToyConfig.from_dict({})
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         config.beta_start = 0.5  # type: ignore[misc]
     assert config.replace(beta_start=0.5).beta_start == 0.5
     with pytest.raises(ConfigError):

@@ -464,7 +464,7 @@ class Pipeline:
         return f"{type(self).__name__}({parts})"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _step_parameters(state_type: type) -> frozenset[str]:
     signature = inspect.signature(state_type.step)
     if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):

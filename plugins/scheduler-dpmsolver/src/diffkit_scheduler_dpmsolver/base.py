@@ -11,7 +11,7 @@ import math
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator
+from pydantic import ConfigDict, Field, PositiveInt, field_validator
 
 from diffkit import schedules as S
 from diffkit import sigmas as K
