@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -302,3 +303,17 @@ def test_resolving_a_name_imports_only_its_module():
         """
     )
     assert _run(code) == ["diffkit_attention_sdpa.sdpa"]
+
+
+def test_diffkit_plugins_shows_every_plugin_in_strict_mode(fake_site, monkeypatch, capsys):
+    from diffkit import cli
+
+    monkeypatch.setenv("DIFFKIT_STRICT_PLUGINS", "1")
+    with registry.isolated(autoload=True):
+        code = cli.main(["plugins"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert err.count("\n") == 1 and "fake-broken" in err and "no module named av" in err
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("fake-")}
+    assert rows["fake-good"][2] == "loaded" and rows["fake-broken"][2] == "failed"
+    assert os.environ["DIFFKIT_STRICT_PLUGINS"] == "1"  # restored after the lenient look

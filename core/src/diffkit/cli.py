@@ -125,8 +125,21 @@ def _add_plugins_parser(sub: Any) -> None:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    """``diffkit plugins``: one row per installed plugin distribution."""
-    infos = registry.plugins()
+    """``diffkit plugins``: one row per installed plugin distribution.
+
+    It is the tool for finding a broken plugin, so under ``DIFFKIT_STRICT_PLUGINS=1`` it still
+    shows every plugin (the strict error on stderr, exit code 1) rather than the first error alone.
+    """
+    strict_error: PluginError | None = None
+    try:
+        infos = registry.plugins()
+    except PluginError as exc:
+        strict_error = exc
+        with _env("DIFFKIT_STRICT_PLUGINS", None):
+            infos = registry.plugins()
+    if strict_error is not None:
+        print(f"diffkit plugins: error: {_one_line(strict_error)}", file=sys.stderr)
+    status = EXIT_MISSING if strict_error is not None else EXIT_OK
     if args.json:
         _emit_json(
             [
@@ -141,10 +154,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                 for info in infos
             ]
         )
-        return EXIT_OK
+        return status
     if not infos:
         print("No diffkit plugins are installed. See what exists with: diffkit list --available")
-        return EXIT_OK
+        return status
     rows = [["DISTRIBUTION", "VERSION", "STATUS", "PROVIDES"]]
     errors: list[str] = []
     for info in infos:
@@ -160,7 +173,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print()
         for line in errors:
             print(line)
-    return EXIT_OK
+    return status
 
 
 # -- diffkit list ------------------------------------------------------------------------
@@ -479,6 +492,23 @@ def _hub_has_file(repo_id: str, args: argparse.Namespace) -> Callable[[str], boo
         return True
 
     return has_file
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str | None) -> Iterator[None]:
+    """Set (or, with ``None``, unset) an environment variable for the duration of the block."""
+    saved = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
 
 
 def _local_file(path: Path) -> Path:
