@@ -229,6 +229,27 @@ def test_refused_when_disabled_even_if_trusted(case, monkeypatch, hub_server):
     assert_not_fetched(case, hub_server)
 
 
+@pytest.mark.parametrize("case", SOURCES, indirect=True)
+def test_saved_pipeline_keeps_its_code_and_its_gate(case, tmp_path):
+    """save_pretrained writes the code file and names it, so the copy loads again, behind the same gate."""
+    pipe = case.load(**({} if case.trusted_by_caller else {"trust_remote_code": True}))
+    saved = pipe.save_pretrained(tmp_path / "saved")
+    index = json.loads((saved / "model_index.json").read_text())
+    if case.expect == "gain":
+        module = index["_class_name"][0]
+        assert index["_class_name"] == [module, "RemoteToyPipeline"]
+        source = Path(sys.modules[type(pipe).__module__].__file__)
+        assert (saved / f"{module}.py").read_bytes() == source.read_bytes()
+    else:
+        assert index["scheduler"] == ["halving", "HalvingScheduler"]
+        assert (saved / "scheduler" / "halving.py").is_file()
+    with pytest.raises(RemoteCodeError, match="trust_remote_code=True"):
+        DiffusionPipeline.from_pretrained(saved)
+    again = DiffusionPipeline.from_pretrained(saved, trust_remote_code=True)
+    assert type(again) is type(pipe) and type(again.scheduler) is type(pipe.scheduler)
+    assert torch.equal(again(X), pipe(X))
+
+
 # -- the CVE shape: checkpoint A, custom_pipeline in repo B ----------------------------------
 def test_gate_judges_the_custom_pipeline_repo_not_the_checkpoint_repo(checkpoint, tmp_path, hub_server, caplog):
     """diffusers once checked repo A's files while custom_pipeline ran repo B's code."""

@@ -13,6 +13,7 @@ import functools
 import inspect
 import logging
 import os
+import shutil
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from .model import Model
 from .offload import OffloadStrategy
 from .outputs import numpy_to_pil
 from .processor import Processor
+from .remote_code import code_file_of
 from .scheduler import Scheduler
 
 logger = logging.getLogger("diffkit.pipeline")
@@ -412,8 +414,9 @@ class Pipeline:
         """What ``save_pretrained`` writes as ``model_index.json``."""
         from .pipeline_loading import component_entry
 
+        code = code_file_of(type(self))
         data: dict[str, Any] = {
-            "_class_name": type(self).__name__,
+            "_class_name": type(self).__name__ if code is None else [code[0], type(self).__name__],
             "_diffusers_version": self._index_meta.get("_diffusers_version", DIFFUSERS_FORMAT_VERSION),
         }
         data.update(self._settings)
@@ -441,6 +444,9 @@ class Pipeline:
                         component, tmp / name, safe_serialization=safe_serialization, variant=variant,
                         max_shard_size=max_shard_size,
                     )
+            code = code_file_of(type(self))
+            if code is not None:  # a pipeline class from remote code: the saved checkpoint names and holds it
+                shutil.copyfile(code[1], tmp / f"{code[0]}.py")
             write_json(tmp / MODEL_INDEX, self.model_index())
         if push_to_hub:
             from .hub import push_folder

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
@@ -26,7 +27,7 @@ from .hub import hub_kwargs, is_repo_id
 from .model import Model
 from .pipeline import LOAD_OPTIONS, resolve_component_class
 from .processor import Processor
-from .remote_code import CodeSource, check_remote_code, pick_class, run_remote_module
+from .remote_code import CodeSource, check_remote_code, code_file_of, pick_class, run_remote_module
 from .scheduler import Scheduler
 from .weights import select_weight_files
 
@@ -465,7 +466,8 @@ def component_entry(component: Any) -> ComponentEntry:
     if component is None:
         return ComponentEntry(None, None)
     if isinstance(component, (Model, Scheduler, Processor)):
-        return ComponentEntry("diffusers", type(component).__name__)
+        code = code_file_of(type(component))
+        return ComponentEntry("diffusers" if code is None else code[0], type(component).__name__)
     for loader_entry in registry.entries("component_loader"):
         loader = _loader_for(loader_entry.name, "save_pretrained")
         if loader.owns(component):
@@ -477,11 +479,15 @@ def component_entry(component: Any) -> ComponentEntry:
 
 
 def save_component(component: Any, folder: Path, **options: Any) -> None:
-    if isinstance(component, Model):
-        kwargs = {k: v for k, v in options.items() if v is not None}
-        component.save_pretrained(folder, **kwargs)
-    elif isinstance(component, (Scheduler, Processor)):
-        component.save_pretrained(folder)
+    """Write one component into ``folder``, with its ``<library>.py`` when remote code defined its class."""
+    if isinstance(component, (Model, Scheduler, Processor)):
+        if isinstance(component, Model):
+            component.save_pretrained(folder, **{k: v for k, v in options.items() if v is not None})
+        else:
+            component.save_pretrained(folder)
+        code = code_file_of(type(component))
+        if code is not None:
+            shutil.copyfile(code[1], folder / f"{code[0]}.py")
     else:
         entry = component_entry(component)
         _loader_for(entry.library, "save_pretrained").save(component, folder, **options)

@@ -183,6 +183,20 @@ def _execute(data: bytes, path: Path, what: str, module_name: str, sha256: str) 
     return module
 
 
+def code_file_of(cls: type) -> tuple[str, Path] | None:
+    """For a class that remote code defined: ``(module name to write, its source file)``; else ``None``.
+
+    ``save_pretrained`` uses it to copy the file beside what it writes and to name it as
+    ``model_index.json`` does (``["module", "Class"]``), so the saved checkpoint loads again
+    through this gate.
+    """
+    module = sys.modules.get(cls.__module__)
+    if module is None or "__diffkit_sha256__" not in module.__dict__ or not module.__file__:
+        return None
+    path = Path(module.__file__)
+    return re.sub(r"\W", "_", path.stem) or "module", path
+
+
 def pick_class(module: ModuleType, base: type | tuple[type, ...], *, what: str, class_name: str | None = None) -> type:
     """The class to use from a remote module: ``class_name`` if given, else the one ``base`` subclass it defines.
 
@@ -222,5 +236,5 @@ def _names(classes: Iterable[type]) -> str:
     return ", ".join(sorted(c.__name__ for c in classes))
 
 
-__all__ = ["CodeSource", "DISABLE_ENV", "check_remote_code", "is_commit", "pick_class", "remote_code_disabled",
+__all__ = ["CodeSource", "DISABLE_ENV", "check_remote_code", "code_file_of", "is_commit", "pick_class", "remote_code_disabled",
            "run_remote_module"]
