@@ -122,6 +122,10 @@ def test_a_slice_size_that_does_not_fit_a_layer_fails_at_selection_and_changes_n
         pipe.enable_attention_slicing(3)
     assert pipe.attention_backend == "sliced"
     assert all(layer.attention_backend is before for layer in layers(pipe.unet))
+    unet = make_unet()  # the same up-front check on a model alone
+    with pytest.raises(ValueError, match=r"slice_size=3 is larger than the 2 head\(s\) of attention layer 'UNet2DModel\."):
+        unet.set_attention_backend("sliced", slice_size=3)
+    assert all(layer.attention_backend is default_backend() for layer in layers(unet))
 
 
 def test_unknown_and_unavailable_backends_raise_and_keep_the_current_one():

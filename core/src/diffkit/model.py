@@ -64,13 +64,17 @@ class Model(torch.nn.Module, Configurable):
         """Give every attention layer of this model the same backend instance.
 
         ``backend`` is a registered name or an ``AttentionBackend`` object; returns the instance.
+        Every layer is checked first (e.g. a slice size larger than some layer's heads raises
+        ``ValueError`` naming that layer), so a refused backend leaves all layers as they were.
         """
-        from .attention import resolve_backend
+        from .attention import attention_layers, resolve_backend
 
         instance = resolve_backend(backend, **options)
-        for module in self.modules():
-            if hasattr(module, "attention_backend") and module is not self:
-                module.attention_backend = instance
+        layers = attention_layers(self)
+        for path, layer in layers:
+            instance.check_layer(layer, f"{type(self).__name__}.{path}")
+        for _, layer in layers:
+            layer.attention_backend = instance
         return instance
 
     # -- state-dict hooks -------------------------------------------------------------

@@ -498,7 +498,7 @@ def _give_backend(models: list[tuple[str, Model]], backend: Any) -> None:
     """Check that ``backend`` fits every attention layer of ``models``, then give it to all of them."""
     from .attention import attention_layers
 
-    for name, model in models:
+    for name, model in models:  # all models first: one that does not fit must leave every model unchanged
         for path, layer in attention_layers(model):
             backend.check_layer(layer, f"{name}.{path}")
     for _, model in models:
