@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -283,3 +284,44 @@ def test_registered_pretrained_name(toys, tmp_path):
     with plugin(Shipper(), dist="diffkit-shipper"):
         assert registry.names("pretrained") == ["diffkit/toy-demo"]
         assert isinstance(DiffusionPipeline.from_pretrained("diffkit/toy-demo"), ToyPipeline)
+
+
+def test_loading_skips_random_init_in_its_own_thread_only(checkpoint, monkeypatch):
+    """Model loading builds on meta without running torch.nn.init; a model built meanwhile elsewhere is initialised."""
+    import threading
+
+    from diffkit import model as model_module
+
+    entered, release = threading.Event(), threading.Event()
+    real_mode = model_module._SkipInit
+
+    class PausingSkipInit(real_mode):
+        def __enter__(self):
+            result = super().__enter__()
+            entered.set()
+            release.wait(10)
+            return result
+
+    calls: list[str] = []  # threads in which a random initialisation drew numbers
+    real_uniform = torch.Tensor.uniform_
+
+    def counting_uniform(self, *args, **kwargs):
+        calls.append(threading.current_thread().name)
+        return real_uniform(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "uniform_", counting_uniform)
+    monkeypatch.setattr(model_module, "_SkipInit", PausingSkipInit)
+    loaded: list[Any] = []
+    pipe, path = checkpoint
+    loader = threading.Thread(target=lambda: loaded.append(ToyModel.from_pretrained(path / "model")), name="loader")
+    loader.start()
+    assert entered.wait(10)
+    torch.manual_seed(0)
+    elsewhere = torch.nn.Linear(4, 4)  # built while the loader thread is inside the mode
+    release.set()
+    loader.join(10)
+    torch.manual_seed(0)
+    assert torch.equal(elsewhere.weight, torch.nn.Linear(4, 4).weight)
+    assert calls and "loader" not in calls  # initialisers ran here, never in the loading thread
+    expected = pipe.model.state_dict()
+    assert all(torch.equal(loaded[0].state_dict()[k], v) for k, v in expected.items())

@@ -153,7 +153,7 @@ class Model(torch.nn.Module, Configurable):
         state = read_state_dict(files, device="cpu" if target_device.type == "meta" else target_device)
         state = cls.convert_state_dict(state, config)
         if low_cpu_mem_usage:
-            with torch.device("meta"):
+            with torch.device("meta"), _SkipInit():
                 model = cls(config)
         else:
             model = cls(config)
@@ -212,6 +212,29 @@ class Model(torch.nn.Module, Configurable):
 
             push_folder(target, **push_kwargs)
         return target
+
+
+#: torch.nn.init's in-place initialisers (``kaiming_uniform_``, ``zeros_``...)
+_INITIALISERS = frozenset(
+    getattr(torch.nn.init, name)
+    for name in dir(torch.nn.init)
+    if name.endswith("_") and not name.startswith("_") and callable(getattr(torch.nn.init, name))
+)
+
+
+class _SkipInit(torch.overrides.TorchFunctionMode):
+    """Return torch.nn.init's initialisers' tensors untouched while a model is built on ``meta``.
+
+    Random initialisation of meta tensors computes nothing but still costs about a third of
+    the build (each initialiser dispatches through torch's decompositions); the checkpoint
+    then replaces every tensor anyway. A torch function mode is per thread, so a model that
+    another thread builds meanwhile is initialised as usual.
+    """
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        if func in _INITIALISERS:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
 
 
 def _cast(tensor: torch.Tensor, like: torch.Tensor, dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
