@@ -130,8 +130,9 @@ class Registry:
         allow = _env_list("DIFFKIT_LOAD_PLUGINS")
         deny = _env_list("DIFFKIT_DISABLE_PLUGINS") or set()
         for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.value):
-            dist_name = normalize_dist(ep.dist.name) if ep.dist else normalize_dist(ep.name)
-            version = ep.dist.version if ep.dist else None
+            meta = ep.dist.metadata if ep.dist else None  # parsed once: .name and .version would parse it twice
+            dist_name = normalize_dist(meta["Name"] if meta else ep.name)
+            version = meta["Version"] if meta else None
             if dist_name in state.plugins:  # the same distribution seen twice on sys.path
                 continue
             info = PluginInfo(dist=dist_name, version=version, hook_module=ep.value)
