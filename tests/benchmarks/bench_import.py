@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -21,6 +22,18 @@ import time
 from dataclasses import dataclass
 
 PY = sys.executable
+
+
+def fresh_process_env() -> dict[str, str]:
+    """The environment of timed subprocesses: with bytecode caching, as for installed packages.
+
+    pip writes ``.pyc`` files for what it installs (diffusers here); editable installs (diffkit
+    in a checkout) get them at their first import, unless ``PYTHONDONTWRITEBYTECODE`` is set,
+    in which case every run would compile diffkit from source while diffusers reads bytecode.
+    """
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
 
 #: name -> interpreter arguments
 COMMANDS: dict[str, list[str]] = {
@@ -58,18 +71,21 @@ class Timing:
 
 def time_command(args: list[str], runs: int) -> list[float]:
     """Wall times of ``python *args`` in fresh processes (after one untimed warm-up run)."""
-    subprocess.run([PY, *args], capture_output=True, check=True)
+    env = fresh_process_env()
+    subprocess.run([PY, *args], capture_output=True, check=True, env=env)
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        subprocess.run([PY, *args], capture_output=True, check=True)
+        subprocess.run([PY, *args], capture_output=True, check=True, env=env)
         times.append(time.perf_counter() - start)
     return times
 
 
 def importtime_profile(args: list[str], top: int = 12) -> list[tuple[str, float, float]]:
     """(module, self s, cumulative s) of the slowest imports of ``python -X importtime *args``."""
-    proc = subprocess.run([PY, "-X", "importtime", *args], capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [PY, "-X", "importtime", *args], capture_output=True, text=True, check=True, env=fresh_process_env()
+    )
     rows = []
     for line in proc.stderr.splitlines():
         if not line.startswith("import time:") or "self [us]" in line:

@@ -2,7 +2,8 @@
 
 The checkpoint has the google/ddpm-ema-church-256 architecture with random weights saved by
 diffusers. Each load runs in a fresh subprocess so that peak RSS (ru_maxrss) belongs to that
-load alone. Run: python tests/benchmarks/bench_loading.py [--repeats 3]
+load alone; one untimed load of each library comes first, so that both import from bytecode
+(see ``bench_import.fresh_process_env``). Run: python tests/benchmarks/bench_loading.py [--repeats 3]
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_import import fresh_process_env  # noqa: E402
 
 CHURCH_256 = dict(
     sample_size=256,
@@ -51,7 +55,9 @@ UNet2DModel(**CONFIG).save_pretrained(sys.argv[1])
 
 
 def run(code: str, *args: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=True, env=fresh_process_env()
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -64,6 +70,8 @@ def main() -> None:
         path = Path(tmp) / "unet"
         subprocess.run([sys.executable, "-c", f"CONFIG = {CHURCH_256!r}\n" + SAVE, str(path)], check=True)
         results: dict[str, list[dict]] = {"diffkit": [], "diffusers": []}
+        for lib in results:  # warm-up: writes bytecode caches, fills the page cache
+            run(LOAD, lib, str(path))
         for _ in range(args.repeats):
             for lib in results:  # interleaved, so drift hits both alike
                 results[lib].append(run(LOAD, lib, str(path)))
