@@ -73,6 +73,27 @@ class SchedulerState:
         return len(self.timesteps)
 
 
+#: the discrete-time schedulers that accept one another's configs (diffusers' ``KarrasDiffusionSchedulers``):
+#: the ``compatibles_names`` of each of them
+KARRAS_COMPATIBLES: tuple[str, ...] = (
+    "DDIMScheduler",
+    "DDPMScheduler",
+    "PNDMScheduler",
+    "LMSDiscreteScheduler",
+    "EulerDiscreteScheduler",
+    "HeunDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "DEISMultistepScheduler",
+    "UniPCMultistepScheduler",
+    "DPMSolverSDEScheduler",
+    "EDMEulerScheduler",
+)
+
+
 class Scheduler(Configurable):
     """Base class of every diffkit scheduler.
 

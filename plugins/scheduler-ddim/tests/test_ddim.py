@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from diffkit import registry
 from diffkit.errors import ConfigError
-from diffkit_scheduler_ddim.ddim import COMPATIBLES, DDIMScheduler
+from diffkit_scheduler_ddim.ddim import DDIMScheduler
 
 
 def fake_model(x, t):
@@ -72,7 +72,7 @@ def test_defaults_are_diffusers_defaults():
         "timestep_spacing": "leading",
         "rescale_betas_zero_snr": False,
     }
-    assert "DDPMScheduler" in COMPATIBLES and len(COMPATIBLES) == 15
+    assert "DDPMScheduler" in DDIMScheduler.compatibles_names and len(DDIMScheduler.compatibles_names) == 15
 
 
 @pytest.mark.parametrize(
@@ -238,4 +238,4 @@ def test_config_round_trip_and_swap_with_ddpm(tmp_path):
     again = DDIMScheduler.from_config(ddpm.config)
     assert again.config.model_dump() == s.config.model_dump()
     installed = {c.__name__ for c in s.compatibles}
-    assert {"DDIMScheduler", "DDPMScheduler"} <= installed <= set(COMPATIBLES)
+    assert {"DDIMScheduler", "DDPMScheduler"} <= installed <= set(DDIMScheduler.compatibles_names)

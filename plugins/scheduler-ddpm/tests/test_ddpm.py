@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from diffkit import registry, schedules
 from diffkit.errors import ConfigError
 from diffkit.outputs import SchedulerOutput
-from diffkit_scheduler_ddpm.ddpm import COMPATIBLES, DDPMConfig, DDPMScheduler
+from diffkit_scheduler_ddpm.ddpm import DDPMConfig, DDPMScheduler
 
 
 def fake_model(x, t):
@@ -52,7 +52,7 @@ def test_defaults_are_diffusers_defaults():
         "steps_offset": 0,
         "rescale_betas_zero_snr": False,
     }
-    assert "DDIMScheduler" in COMPATIBLES and len(COMPATIBLES) == 15
+    assert "DDIMScheduler" in DDPMScheduler.compatibles_names and len(DDPMScheduler.compatibles_names) == 15
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from diffkit import registry
 from diffkit.errors import ConfigError
 from diffkit_scheduler_pndm.multistep import adams_bashforth
-from diffkit_scheduler_pndm.pndm import COMPATIBLES, PNDMScheduler, pndm_timesteps
+from diffkit_scheduler_pndm.pndm import PNDMScheduler, pndm_timesteps
 
 
 @pytest.fixture(autouse=True)
@@ -44,7 +44,7 @@ def test_defaults_are_diffusers_defaults():
         "timestep_spacing": "leading",
         "steps_offset": 0,
     }
-    assert len(COMPATIBLES) == 15 and "DDIMScheduler" in COMPATIBLES
+    assert len(PNDMScheduler.compatibles_names) == 15 and "DDIMScheduler" in PNDMScheduler.compatibles_names
     assert PNDMScheduler().final_alpha_cumprod.item() == PNDMScheduler().alphas_cumprod[0].item()
 
 

@@ -12,27 +12,7 @@ from diffkit import schedules as S
 from diffkit.config import Config
 from diffkit.outputs import SchedulerOutput
 from diffkit.randomness import randn_tensor
-from diffkit.scheduler import Scheduler, SchedulerState
-
-#: the schedulers whose configs this one accepts (diffusers' ``_compatibles``)
-COMPATIBLES = (
-    "DDIMScheduler",
-    "DDPMScheduler",
-    "PNDMScheduler",
-    "LMSDiscreteScheduler",
-    "EulerDiscreteScheduler",
-    "HeunDiscreteScheduler",
-    "EulerAncestralDiscreteScheduler",
-    "DPMSolverMultistepScheduler",
-    "DPMSolverSinglestepScheduler",
-    "KDPM2DiscreteScheduler",
-    "KDPM2AncestralDiscreteScheduler",
-    "DEISMultistepScheduler",
-    "UniPCMultistepScheduler",
-    "DPMSolverSDEScheduler",
-    "EDMEulerScheduler",
-)
-
+from diffkit.scheduler import KARRAS_COMPATIBLES, Scheduler, SchedulerState
 
 class DDIMConfig(Config):
     """Fields and defaults of diffusers' ``DDIMScheduler``."""
@@ -183,7 +163,7 @@ class DDIMScheduler(Scheduler):
     """
 
     config_class: ClassVar[type[Config]] = DDIMConfig
-    compatibles_names: ClassVar[tuple[str, ...]] = COMPATIBLES
+    compatibles_names: ClassVar[tuple[str, ...]] = KARRAS_COMPATIBLES
     order: ClassVar[int] = 1
 
     config: DDIMConfig

@@ -16,29 +16,10 @@ from pydantic import ConfigDict, Field, PositiveInt, field_validator
 from diffkit import schedules as S
 from diffkit import sigmas as K
 from diffkit.config import Config
-from diffkit.scheduler import Scheduler
+from diffkit.scheduler import KARRAS_COMPATIBLES, Scheduler
 
 from .schedule import lambda_table, vp_tables
 from .solver import flow_alpha_sigma, vp_alpha_sigma
-
-#: diffusers' ``KarrasDiffusionSchedulers``: the configs these schedulers accept from each other
-KARRAS_COMPATIBLES = (
-    "DDIMScheduler",
-    "DDPMScheduler",
-    "PNDMScheduler",
-    "LMSDiscreteScheduler",
-    "EulerDiscreteScheduler",
-    "HeunDiscreteScheduler",
-    "EulerAncestralDiscreteScheduler",
-    "DPMSolverMultistepScheduler",
-    "DPMSolverSinglestepScheduler",
-    "KDPM2DiscreteScheduler",
-    "KDPM2AncestralDiscreteScheduler",
-    "DEISMultistepScheduler",
-    "UniPCMultistepScheduler",
-    "DPMSolverSDEScheduler",
-    "EDMEulerScheduler",
-)
 
 SolverPrediction = Literal["epsilon", "sample", "v_prediction", "flow_prediction"]
 

@@ -13,9 +13,8 @@ from diffkit import schedules as S
 from diffkit import sigmas as K
 from diffkit.config import Config
 from diffkit.outputs import SchedulerOutput
-from diffkit.scheduler import Scheduler
+from diffkit.scheduler import KARRAS_COMPATIBLES, Scheduler
 
-from .base import KARRAS_COMPATIBLES
 from .brownian import BrownianTreeNoise
 from .state import SolverState, broadcast_to
 

@@ -20,29 +20,9 @@ from diffkit import schedules as S
 from diffkit import sigmas as K
 from diffkit.config import Config
 from diffkit.outputs import SchedulerOutput
-from diffkit.scheduler import Scheduler, SchedulerState
+from diffkit.scheduler import KARRAS_COMPATIBLES, Scheduler, SchedulerState
 
 logger = logging.getLogger("diffkit.schedulers")
-
-#: the schedulers whose configs these accept (diffusers' ``KarrasDiffusionSchedulers``)
-KARRAS_COMPATIBLES = (
-    "DDIMScheduler",
-    "DDPMScheduler",
-    "PNDMScheduler",
-    "LMSDiscreteScheduler",
-    "EulerDiscreteScheduler",
-    "HeunDiscreteScheduler",
-    "EulerAncestralDiscreteScheduler",
-    "DPMSolverMultistepScheduler",
-    "DPMSolverSinglestepScheduler",
-    "KDPM2DiscreteScheduler",
-    "KDPM2AncestralDiscreteScheduler",
-    "DEISMultistepScheduler",
-    "UniPCMultistepScheduler",
-    "DPMSolverSDEScheduler",
-    "EDMEulerScheduler",
-)
-
 
 def declared(config: Config, name: str, default: Any = None) -> Any:
     """A field the config's class declares; keys merely carried over from another class do not count."""

@@ -17,28 +17,9 @@ from pydantic import Field, NonNegativeInt, PositiveInt, field_validator, model_
 from diffkit import schedules as S
 from diffkit.config import Config
 from diffkit.outputs import SchedulerOutput
-from diffkit.scheduler import Scheduler, SchedulerState
+from diffkit.scheduler import KARRAS_COMPATIBLES, Scheduler, SchedulerState
 
 from .multistep import MAX_HISTORY, adams_bashforth
-
-#: the schedulers whose configs this one accepts (diffusers' ``_compatibles``)
-COMPATIBLES = (
-    "DDIMScheduler",
-    "DDPMScheduler",
-    "PNDMScheduler",
-    "LMSDiscreteScheduler",
-    "EulerDiscreteScheduler",
-    "HeunDiscreteScheduler",
-    "EulerAncestralDiscreteScheduler",
-    "DPMSolverMultistepScheduler",
-    "DPMSolverSinglestepScheduler",
-    "KDPM2DiscreteScheduler",
-    "KDPM2AncestralDiscreteScheduler",
-    "DEISMultistepScheduler",
-    "UniPCMultistepScheduler",
-    "DPMSolverSDEScheduler",
-    "EDMEulerScheduler",
-)
 
 #: the number of timesteps the Runge-Kutta warm-up covers (and its order)
 PNDM_ORDER = 4
@@ -250,7 +231,7 @@ class PNDMScheduler(Scheduler):
     """
 
     config_class: ClassVar[type[Config]] = PNDMConfig
-    compatibles_names: ClassVar[tuple[str, ...]] = COMPATIBLES
+    compatibles_names: ClassVar[tuple[str, ...]] = KARRAS_COMPATIBLES
     order: ClassVar[int] = 1
     pndm_order: ClassVar[int] = PNDM_ORDER
 
