@@ -246,6 +246,71 @@ class ConsistencyState(SchedulerState):
         return self._host[i + 1] if i < self._last else -1
 
 
+class ConsistencyScheduler(Scheduler):
+    """What LCM and TCD share: the training tables, the plan of a run, the diffusers-style surface.
+
+    A subclass names its config, its run (``state_class``) and whether passing
+    ``original_inference_steps`` draws the run from every training timestep (TCD's rule).
+    """
+
+    state_class: ClassVar[type[ConsistencyState]] = ConsistencyState
+    explicit_original_uses_every_timestep: ClassVar[bool] = False
+    order: ClassVar[int] = 1
+
+    config: ConsistencyConfig
+    betas: torch.Tensor
+    alphas: torch.Tensor
+    alphas_cumprod: torch.Tensor
+    final_alpha_cumprod: torch.Tensor
+
+    def _setup(self) -> None:
+        betas, alphas_cumprod, final = training_tables(self.config)
+        object.__setattr__(self, "betas", betas)
+        object.__setattr__(self, "alphas", 1.0 - betas)
+        object.__setattr__(self, "alphas_cumprod", alphas_cumprod)
+        object.__setattr__(self, "final_alpha_cumprod", final)
+        train_chain = torch.arange(self.config.num_train_timesteps - 1, -1, -1)
+        object.__setattr__(self, "_legacy_state", self.state_class(self, train_chain, None))
+
+    def plan(
+        self,
+        num_inference_steps: int | None = None,
+        device: Any = None,
+        original_inference_steps: int | None = None,
+        timesteps: Sequence[int] | torch.Tensor | None = None,
+        strength: float = 1.0,
+    ) -> ConsistencyState:
+        """A fresh run of ``num_inference_steps`` steps, or over custom descending ``timesteps``."""
+        ts, n = plan_timesteps(
+            self.config, num_inference_steps, original_inference_steps, timesteps, strength,
+            explicit_original_uses_every_timestep=self.explicit_original_uses_every_timestep,
+        )
+        return self.state_class(self, ts, n, device)
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: Any = None,
+        original_inference_steps: int | None = None,
+        timesteps: Sequence[int] | torch.Tensor | None = None,
+        strength: float = 1.0,
+    ) -> None:
+        """diffusers' ``set_timesteps``, argument order included, on the default state."""
+        state = self.plan(num_inference_steps, device, original_inference_steps, timesteps, strength)
+        object.__setattr__(self, "_legacy_state", state)
+
+    def previous_timestep(self, timestep: Any) -> int:
+        """diffusers' ``previous_timestep`` on the timesteps of the last ``set_timesteps``."""
+        return self._state().previous_timestep(timestep)  # type: ignore[attr-defined]
+
+    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return S.add_noise(self.alphas_cumprod, original, noise, timesteps)
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The v-prediction training target."""
+        return S.velocity(self.alphas_cumprod, sample, noise, timesteps)
+
+
 def step_dtype(model_output: torch.Tensor, sample: torch.Tensor) -> torch.dtype:
     return torch.promote_types(model_output.dtype, sample.dtype)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -12,17 +11,15 @@ from diffkit import schedules as S
 from diffkit.config import Config
 from diffkit.outputs import BaseOutput
 from diffkit.randomness import randn_tensor
-from diffkit.scheduler import Scheduler
 
 from ._consistency import (
+    ConsistencyScheduler,
     ConsistencyConfig,
     ConsistencyState,
     Rows,
     boundary_scalings,
     factor_and_divisor_rows,
-    plan_timesteps,
     step_dtype,
-    training_tables,
 )
 
 
@@ -115,7 +112,7 @@ class LCMState(ConsistencyState):
         return LCMSchedulerOutput(prev_sample=prev, denoised=denoised)
 
 
-class LCMScheduler(Scheduler):
+class LCMScheduler(ConsistencyScheduler):
     """Latent consistency models (Luo et al. 2023): few-step sampling of a distilled model.
 
     The run's timesteps are ``num_inference_steps`` evenly spread picks of the
@@ -128,60 +125,11 @@ class LCMScheduler(Scheduler):
     """
 
     config_class: ClassVar[type[Config]] = LCMConfig
-    compatibles_names: ClassVar[tuple[str, ...]] = ()
-    order: ClassVar[int] = 1
+    state_class = LCMState
 
     config: LCMConfig
-    betas: torch.Tensor
-    alphas: torch.Tensor
-    alphas_cumprod: torch.Tensor
-    final_alpha_cumprod: torch.Tensor
-
-    def _setup(self) -> None:
-        betas, alphas_cumprod, final = training_tables(self.config)
-        object.__setattr__(self, "betas", betas)
-        object.__setattr__(self, "alphas", 1.0 - betas)
-        object.__setattr__(self, "alphas_cumprod", alphas_cumprod)
-        object.__setattr__(self, "final_alpha_cumprod", final)
-        train_chain = torch.arange(self.config.num_train_timesteps - 1, -1, -1)
-        object.__setattr__(self, "_legacy_state", LCMState(self, train_chain, None))
-
-    def plan(
-        self,
-        num_inference_steps: int | None = None,
-        device: Any = None,
-        original_inference_steps: int | None = None,
-        timesteps: Sequence[int] | torch.Tensor | None = None,
-        strength: float = 1.0,
-    ) -> LCMState:
-        """A fresh run of ``num_inference_steps`` steps, or over custom descending ``timesteps``."""
-        ts, n = plan_timesteps(self.config, num_inference_steps, original_inference_steps, timesteps, strength)
-        return LCMState(self, ts, n, device)
-
-    def set_timesteps(
-        self,
-        num_inference_steps: int | None = None,
-        device: Any = None,
-        original_inference_steps: int | None = None,
-        timesteps: Sequence[int] | torch.Tensor | None = None,
-        strength: float = 1.0,
-    ) -> None:
-        """diffusers' ``set_timesteps``, argument order included, on the default state."""
-        state = self.plan(num_inference_steps, device, original_inference_steps, timesteps, strength)
-        object.__setattr__(self, "_legacy_state", state)
 
     def get_scalings_for_boundary_condition_discrete(self, timestep: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """``(c_skip, c_out)`` at ``timestep``."""
         c_skip, c_out = boundary_scalings(torch.as_tensor(timestep), self.config.timestep_scaling)
         return c_skip, c_out
-
-    def previous_timestep(self, timestep: Any) -> int:
-        """diffusers' ``previous_timestep`` on the timesteps of the last ``set_timesteps``."""
-        return self._state().previous_timestep(timestep)  # type: ignore[attr-defined]
-
-    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        return S.add_noise(self.alphas_cumprod, original, noise, timesteps)
-
-    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """The v-prediction training target."""
-        return S.velocity(self.alphas_cumprod, sample, noise, timesteps)

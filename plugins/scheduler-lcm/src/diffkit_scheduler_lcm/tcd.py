@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -14,16 +13,14 @@ from diffkit import schedules as S
 from diffkit.config import Config
 from diffkit.outputs import BaseOutput
 from diffkit.randomness import randn_tensor
-from diffkit.scheduler import Scheduler
 
 from ._consistency import (
+    ConsistencyScheduler,
     ConsistencyConfig,
     ConsistencyState,
     Rows,
     factor_and_divisor_rows,
-    plan_timesteps,
     step_dtype,
-    training_tables,
 )
 
 logger = logging.getLogger("diffkit.scheduler.tcd")
@@ -151,7 +148,7 @@ class TCDState(ConsistencyState):
         return TCDSchedulerOutput(prev_sample=prev, pred_noised_sample=noised)
 
 
-class TCDScheduler(Scheduler):
+class TCDScheduler(ConsistencyScheduler):
     """Trajectory consistency distillation (Zheng et al. 2024) with strategic stochastic sampling.
 
     Timesteps as :class:`~diffkit_scheduler_lcm.lcm.LCMScheduler`, except that passing
@@ -164,54 +161,10 @@ class TCDScheduler(Scheduler):
     """
 
     config_class: ClassVar[type[Config]] = TCDConfig
-    compatibles_names: ClassVar[tuple[str, ...]] = ()
-    order: ClassVar[int] = 1
+    state_class = TCDState
+    explicit_original_uses_every_timestep = True
 
     config: TCDConfig
-    betas: torch.Tensor
-    alphas: torch.Tensor
-    alphas_cumprod: torch.Tensor
-    final_alpha_cumprod: torch.Tensor
-
-    def _setup(self) -> None:
-        betas, alphas_cumprod, final = training_tables(self.config)
-        object.__setattr__(self, "betas", betas)
-        object.__setattr__(self, "alphas", 1.0 - betas)
-        object.__setattr__(self, "alphas_cumprod", alphas_cumprod)
-        object.__setattr__(self, "final_alpha_cumprod", final)
-        train_chain = torch.arange(self.config.num_train_timesteps - 1, -1, -1)
-        object.__setattr__(self, "_legacy_state", TCDState(self, train_chain, None))
-
-    def plan(
-        self,
-        num_inference_steps: int | None = None,
-        device: Any = None,
-        original_inference_steps: int | None = None,
-        timesteps: Sequence[int] | torch.Tensor | None = None,
-        strength: float = 1.0,
-    ) -> TCDState:
-        """A fresh run of ``num_inference_steps`` steps, or over custom descending ``timesteps``."""
-        ts, n = plan_timesteps(
-            self.config,
-            num_inference_steps,
-            original_inference_steps,
-            timesteps,
-            strength,
-            explicit_original_uses_every_timestep=True,
-        )
-        return TCDState(self, ts, n, device)
-
-    def set_timesteps(
-        self,
-        num_inference_steps: int | None = None,
-        device: Any = None,
-        original_inference_steps: int | None = None,
-        timesteps: Sequence[int] | torch.Tensor | None = None,
-        strength: float = 1.0,
-    ) -> None:
-        """diffusers' ``set_timesteps``, argument order included, on the default state."""
-        state = self.plan(num_inference_steps, device, original_inference_steps, timesteps, strength)
-        object.__setattr__(self, "_legacy_state", state)
 
     def step(
         self,
@@ -224,14 +177,3 @@ class TCDScheduler(Scheduler):
     ) -> TCDSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
         """diffusers' ``TCDScheduler.step``, argument order included, on the default state."""
         return self._state().step(model_output, timestep, sample, generator, return_dict, eta=eta)  # type: ignore[call-arg]
-
-    def previous_timestep(self, timestep: Any) -> int:
-        """diffusers' ``previous_timestep`` on the timesteps of the last ``set_timesteps``."""
-        return self._state().previous_timestep(timestep)  # type: ignore[attr-defined]
-
-    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        return S.add_noise(self.alphas_cumprod, original, noise, timesteps)
-
-    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """The v-prediction training target."""
-        return S.velocity(self.alphas_cumprod, sample, noise, timesteps)
