@@ -10,10 +10,9 @@ Run: python tests/benchmarks/bench_schedulers_dpmsolver_family.py [--rounds 7] [
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
+import sys
 import warnings
+from pathlib import Path
 
 import diffusers
 import torch
@@ -25,6 +24,9 @@ from diffkit_scheduler_dpmsolver.multistep_inverse import DPMSolverMultistepInve
 from diffkit_scheduler_dpmsolver.sde import DPMSolverSDEScheduler
 from diffkit_scheduler_dpmsolver.singlestep import DPMSolverSinglestepScheduler
 from diffkit_scheduler_unipc.unipc import UniPCMultistepScheduler
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from step_timing import alternate, parse_args, print_header, print_row  # noqa: E402
 
 warnings.filterwarnings("ignore")
 SHAPES = [(1, 4, 32, 32), (1, 4, 128, 128)]
@@ -40,16 +42,9 @@ CASES = [
     ("UniPC bh2 3", UniPCMultistepScheduler, diffusers.UniPCMultistepScheduler, {"solver_order": 3}),
     ("DPM++ SDE (tree)", DPMSolverSDEScheduler, diffusers.DPMSolverSDEScheduler, {"noise_sampler_seed": 0}),
 ]
-CLOCK = time.perf_counter
+WIDTH = 20
 _STATE_KEYS = ("_step_index", "step_index", "lower_order_nums", "model_outputs", "last_sample", "this_order", "sample",
                "timestep_list", "mid_point_sigma")
-
-
-def per_step_us(fn, steps: int) -> float:
-    start = CLOCK()
-    for _ in range(steps):
-        fn()
-    return (CLOCK() - start) / steps * 1e6
 
 
 def _snapshot(obj) -> dict:
@@ -84,35 +79,19 @@ def bench_case(ours_cls, ref_cls, config, shape, rounds, steps):
         _restore(ref, snap_ref)
         ref.step(model_output, t_ref, ref.scale_model_input(sample, t_ref))
 
-    for fn in (ours, theirs):
-        per_step_us(fn, 5)
-    ours_us, ref_us = [], []
-    for r in range(rounds):
-        order = [(ours, ours_us), (theirs, ref_us)]
-        for fn, out in order if r % 2 == 0 else order[::-1]:
-            out.append(per_step_us(fn, steps))
-    return statistics.median(ours_us), statistics.median(ref_us)
+    return alternate(ours, theirs, rounds, steps, warmup=5)
 
 
 def main() -> None:
-    global CLOCK
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--clock", choices=["wall", "cpu"], default="cpu")
-    args = parser.parse_args()
-    if args.clock == "cpu":
-        CLOCK = time.thread_time
+    args = parse_args(__doc__, rounds=7, steps=100, clock="cpu", threads=False)
     torch.set_num_threads(1)
-    print(
-        f"torch {torch.__version__}, diffusers {diffusers.__version__}, 1 thread, {args.clock} clock, "
-        f"median of {args.rounds} rounds x {args.steps} steps, 50-step plan, one mid-schedule step + scale_model_input"
+    print_header(
+        args, WIDTH, ", 50-step plan, one mid-schedule step + scale_model_input", threads="1 thread", randn_column=False
     )
-    print(f"{'case':<20}{'shape':<18}{'diffkit us':>11}{'diffusers us':>14}{'ratio':>7}")
     for shape in SHAPES:
         for name, ours_cls, ref_cls, config in CASES:
             ours, ref = bench_case(ours_cls, ref_cls, config, shape, args.rounds, args.steps)
-            print(f"{name:<20}{str(shape):<18}{ours:>11.1f}{ref:>14.1f}{ours / ref:>7.2f}")
+            print_row(name, shape, ours, ref, WIDTH)
 
 
 if __name__ == "__main__":

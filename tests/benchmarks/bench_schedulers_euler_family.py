@@ -17,11 +17,10 @@ Run: python tests/benchmarks/bench_schedulers_euler_family.py [--rounds 15] [--s
 
 from __future__ import annotations
 
-import argparse
 import logging
-import statistics
-import time
+import sys
 import warnings
+from pathlib import Path
 
 import diffusers
 import torch
@@ -33,6 +32,9 @@ from diffkit_scheduler_heun.heun import HeunDiscreteScheduler
 from diffkit_scheduler_kdpm2.kdpm2 import KDPM2DiscreteScheduler
 from diffkit_scheduler_kdpm2.kdpm2_ancestral import KDPM2AncestralDiscreteScheduler
 from diffkit_scheduler_lms.lms import LMSDiscreteScheduler
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from step_timing import alternate, parse_args, print_floor, print_header, print_row, randn_us  # noqa: E402
 
 SHAPES = [(1, 4, 32, 32), (1, 4, 128, 128)]
 SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
@@ -58,15 +60,7 @@ CASES = [
     ("KDPM2 2nd stage", KDPM2DiscreteScheduler, diffusers.KDPM2DiscreteScheduler, SD, {}, 11, False),
     ("KDPM2A 2nd stage", KDPM2AncestralDiscreteScheduler, diffusers.KDPM2AncestralDiscreteScheduler, SD, {}, 11, True),
 ]
-
-CLOCK = time.perf_counter
-
-
-def per_step_us(fn, steps: int) -> float:
-    start = CLOCK()
-    for _ in range(steps):
-        fn()
-    return (CLOCK() - start) / steps * 1e6
+WIDTH = 22
 
 
 def prime(step, scale, timesteps, index: int, sample, model_output, generator) -> None:
@@ -125,45 +119,20 @@ def bench_case(ours_cls, ref_cls, config, step_kwargs, index, shape, rounds, ste
         rewind_ref()
         ref.step(model_output, t_ref, ref.scale_model_input(sample, t_ref), **ref_kw, **step_kwargs)
 
-    for fn in (ours, theirs):
-        per_step_us(fn, 20)
-    ours_us, ref_us = [], []
-    for r in range(rounds):
-        order = [(ours, ours_us), (theirs, ref_us)]
-        for fn, out in order if r % 2 == 0 else order[::-1]:
-            out.append(per_step_us(fn, steps))
-    return statistics.median(ours_us), statistics.median(ref_us)
-
-
-def randn_us(shape, rounds, steps) -> float:
-    g = torch.Generator().manual_seed(0)
-    return statistics.median(per_step_us(lambda: torch.randn(shape, generator=g), steps) for _ in range(rounds))
+    return alternate(ours, theirs, rounds, steps, warmup=20)
 
 
 def main() -> None:
-    global CLOCK
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
-    args = parser.parse_args()
+    args = parse_args(__doc__, rounds=15, steps=200, threads=False)
     logging.disable(logging.WARNING)
     warnings.simplefilter("ignore")
-    if args.clock == "cpu":
-        CLOCK = time.thread_time
-        torch.set_num_threads(1)
-    print(
-        f"torch {torch.__version__}, diffusers {diffusers.__version__}, {torch.get_num_threads()} thread(s), "
-        f"{args.clock} clock, median of {args.rounds} rounds x {args.steps} steps, 30-step plan"
-    )
-    print(f"{'case':<22}{'shape':<18}{'diffkit us':>11}{'diffusers us':>14}{'ratio':>7}{'ratio w/o randn':>17}")
+    print_header(args, WIDTH, ", 30-step plan")
     for shape in SHAPES:
         floor = randn_us(shape, args.rounds, args.steps)
         for name, ours_cls, ref_cls, config, step_kwargs, index, draws in CASES:
             ours, ref = bench_case(ours_cls, ref_cls, config, step_kwargs, index, shape, args.rounds, args.steps)
-            without = f"{(ours - floor) / (ref - floor):>17.2f}" if draws else ""
-            print(f"{name:<22}{str(shape):<18}{ours:>11.1f}{ref:>14.1f}{ours / ref:>7.2f}{without}")
-        print(f"{'  (randn draw alone)':<22}{str(shape):<18}{floor:>11.1f}")
+            print_row(name, shape, ours, ref, WIDTH, floor if draws else None)
+        print_floor(shape, floor, WIDTH)
 
 
 if __name__ == "__main__":

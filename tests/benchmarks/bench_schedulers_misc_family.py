@@ -16,10 +16,8 @@ Run: python tests/benchmarks/bench_schedulers_misc_family.py [--rounds 15] [--st
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
-from collections.abc import Callable
+import sys
+from pathlib import Path
 
 import diffusers
 import torch
@@ -33,9 +31,11 @@ from diffkit_scheduler_repaint.repaint import RePaintScheduler
 from diffkit_scheduler_unclip.unclip import UnCLIPScheduler
 from diffkit_scheduler_wuerstchen.wuerstchen import DDPMWuerstchenScheduler
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from step_timing import Step, alternate, parse_args, print_floor, print_header, print_row, randn_us  # noqa: E402
+
 SHAPES = [(1, 4, 32, 32), (1, 4, 128, 128)]
-CLOCK = time.perf_counter
-Step = Callable[[], object]
+WIDTH = 28
 
 
 def tensors(shape):
@@ -176,55 +176,20 @@ CASES = [
 ]
 
 
-def per_step_us(fn: Step, steps: int) -> float:
-    start = CLOCK()
-    for _ in range(steps):
-        fn()
-    return (CLOCK() - start) / steps * 1e6
-
-
 def bench_case(build, shape, rounds, steps) -> tuple[float, float]:
     ours, theirs = build(shape)
-    for fn in (ours, theirs):
-        per_step_us(fn, 10)
-    ours_us, ref_us = [], []
-    for r in range(rounds):
-        order = [(ours, ours_us), (theirs, ref_us)]
-        for fn, out in order if r % 2 == 0 else order[::-1]:
-            out.append(per_step_us(fn, steps))
-    return statistics.median(ours_us), statistics.median(ref_us)
-
-
-def randn_us(shape, rounds, steps) -> float:
-    g = torch.Generator().manual_seed(0)
-    return statistics.median(per_step_us(lambda: torch.randn(shape, generator=g), steps) for _ in range(rounds))
+    return alternate(ours, theirs, rounds, steps, warmup=10)
 
 
 def main() -> None:
-    global CLOCK
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
-    args = parser.parse_args()
-    if args.clock == "cpu":
-        CLOCK = time.thread_time
-        torch.set_num_threads(1)
-    elif args.threads:
-        torch.set_num_threads(args.threads)
-    print(
-        f"torch {torch.__version__}, diffusers {diffusers.__version__}, {torch.get_num_threads()} thread(s), "
-        f"{args.clock} clock, median of {args.rounds} rounds x {args.steps} steps"
-    )
-    print(f"{'case':<28}{'shape':<18}{'diffkit us':>11}{'diffusers us':>14}{'ratio':>7}{'ratio w/o randn':>17}")
+    args = parse_args(__doc__, rounds=15, steps=200)
+    print_header(args, WIDTH)
     for shape in SHAPES:
         floor = randn_us(shape, args.rounds, args.steps)
         for name, build, draws in CASES:
             ours, ref = bench_case(build, shape, args.rounds, args.steps)
-            without = f"{(ours - draws * floor) / (ref - draws * floor):>17.2f}" if draws else ""
-            print(f"{name:<28}{str(shape):<18}{ours:>11.1f}{ref:>14.1f}{ours / ref:>7.2f}{without}")
-        print(f"{'  (randn draw alone)':<28}{str(shape):<18}{floor:>11.1f}")
+            print_row(name, shape, ours, ref, WIDTH, draws * floor if draws else None)
+        print_floor(shape, floor, WIDTH)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,9 @@ Run: python tests/benchmarks/bench_schedulers_unconditional.py [--rounds 15] [--
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import diffusers
 import torch
@@ -31,17 +30,13 @@ from diffkit_scheduler_pndm.ipndm import IPNDMScheduler
 from diffkit_scheduler_pndm.pndm import PNDMScheduler
 from diffkit_scheduler_score_sde_ve.score_sde_ve import ScoreSdeVeScheduler
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from step_timing import Step, alternate, parse_args, print_floor, print_header, print_row, randn_us  # noqa: E402
+
 SHAPES = [(1, 3, 32, 32), (1, 4, 128, 128)]
-CLOCK = time.perf_counter
+WIDTH = 30
 
-Pair = tuple[Callable[[], object], Callable[[], object]]
-
-
-def per_step_us(fn: Callable[[], object], steps: int) -> float:
-    start = CLOCK()
-    for _ in range(steps):
-        fn()
-    return (CLOCK() - start) / steps * 1e6
+Pair = tuple[Step, Step]
 
 
 def pndm_plms(config: dict, x: torch.Tensor, out: torch.Tensor) -> Pair:
@@ -147,51 +142,17 @@ CASES: list[tuple[str, Callable[[torch.Tensor, torch.Tensor], Pair], bool]] = [
 ]
 
 
-def bench(pair: Pair, rounds: int, steps: int) -> tuple[float, float]:
-    ours, theirs = pair
-    for fn in (ours, theirs):
-        per_step_us(fn, 20)
-    ours_us: list[float] = []
-    ref_us: list[float] = []
-    for r in range(rounds):
-        order = [(ours, ours_us), (theirs, ref_us)]
-        for fn, out in order if r % 2 == 0 else order[::-1]:
-            out.append(per_step_us(fn, steps))
-    return statistics.median(ours_us), statistics.median(ref_us)
-
-
-def randn_us(shape: tuple[int, ...], rounds: int, steps: int) -> float:
-    g = torch.Generator().manual_seed(0)
-    return statistics.median(per_step_us(lambda: torch.randn(shape, generator=g), steps) for _ in range(rounds))
-
-
 def main() -> None:
-    global CLOCK
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
-    args = parser.parse_args()
-    if args.clock == "cpu":
-        CLOCK = time.thread_time
-        torch.set_num_threads(1)
-    elif args.threads:
-        torch.set_num_threads(args.threads)
-    print(
-        f"torch {torch.__version__}, diffusers {diffusers.__version__}, {torch.get_num_threads()} thread(s), "
-        f"{args.clock} clock, median of {args.rounds} rounds x {args.steps} steps"
-    )
-    print(f"{'case':<30}{'shape':<18}{'diffkit us':>11}{'diffusers us':>14}{'ratio':>7}{'ratio w/o randn':>17}")
+    args = parse_args(__doc__, rounds=15, steps=200)
+    print_header(args, WIDTH)
     for shape in SHAPES:
         g = torch.Generator().manual_seed(0)
         x, out = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
         floor = randn_us(shape, args.rounds, args.steps)
         for name, make, draws in CASES:
-            ours, ref = bench(make(x, out), args.rounds, args.steps)
-            without = f"{(ours - floor) / (ref - floor):>17.2f}" if draws else ""
-            print(f"{name:<30}{str(shape):<18}{ours:>11.1f}{ref:>14.1f}{ours / ref:>7.2f}{without}")
-        print(f"{'  (randn draw alone)':<30}{str(shape):<18}{floor:>11.1f}")
+            ours, ref = alternate(*make(x, out), args.rounds, args.steps, warmup=20)
+            print_row(name, shape, ours, ref, WIDTH, floor if draws else None)
+        print_floor(shape, floor, WIDTH)
 
 
 if __name__ == "__main__":
