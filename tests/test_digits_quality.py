@@ -74,11 +74,6 @@ def test_the_classifier_rejects_what_is_not_a_digit(classifier):
     assert classifier.judge(real[first]).passes()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shipped diffkit/ddpm-digits checkpoint reaches 78% confident images (bar: 80%); "
-    "retraining is pending. Strict: remove this marker once the retrained checkpoint passes.",
-)
 def test_ddim_50_steps_draws_recognisable_digits(classifier, ddim_images):
     assert ddim_images.shape == (NUM_IMAGES, classifier.resolution, classifier.resolution, 1)
     verdict = classifier.judge(ddim_images)

@@ -99,3 +99,32 @@ def test_the_wheel_carries_the_checkpoint(tmp_path):
     }
     assert expected and expected <= names
     assert "diffkit_pretrained_ddpm_digits/hooks.py" in names
+
+
+#: the picture the README shows under its first command
+README_PICTURE = ROOT / "docs" / "images" / "digits.png"
+
+
+def readme_generate_arguments() -> list[str]:
+    """The arguments of the ``diffkit generate`` that ends the README's first command."""
+    line = next(line for line in (ROOT / "README.md").read_text().splitlines() if " generate " in line)
+    command = line.split("&&")[-1].split()
+    assert Path(command[0]).name == "diffkit" and command[1:3] == ["generate", NAME], command
+    return command[1:]
+
+
+def test_the_readme_picture_is_what_the_readme_command_draws(tmp_path, capsys):
+    from diffkit import cli
+
+    readme = (ROOT / "README.md").read_text()
+    assert f"({README_PICTURE.relative_to(ROOT).as_posix()})" in readme or (
+        f'src="{README_PICTURE.relative_to(ROOT).as_posix()}"' in readme
+    )
+    arguments = readme_generate_arguments()
+    output = tmp_path / "digits.png"
+    arguments[arguments.index("--output") + 1] = str(output)
+    assert cli.main(arguments) == 0, capsys.readouterr().err
+    with Image.open(output) as drawn, Image.open(README_PICTURE) as shown:
+        assert drawn.size == shown.size and drawn.mode == shown.mode
+        difference = np.abs(np.asarray(drawn, dtype=np.int16) - np.asarray(shown, dtype=np.int16))
+    assert difference.max() <= 2, "docs/images/digits.png is stale: rerun the README's first command to redraw it"
