@@ -15,8 +15,9 @@ cross-validated SVM does not give their own label with probability 0.8) are left
 
 While it trains it judges 64 DDIM samples of the EMA weights with the digit classifier every
 ``--check-every`` steps, and once more at the end (recorded in ``training.json``). It uses a
-GPU when one is present (``--device auto``); on the CPU the default run takes about half an
-hour of one core (see ``cpu_seconds`` in ``training.json``). Needs scikit-learn, the diffkit
+GPU when one is present (``--device auto``); on the CPU the default run takes about an hour of
+one core (see ``cpu_seconds`` in ``training.json``; ``--steps 1500`` gives a rougher model in a
+quarter of that). Needs scikit-learn, the diffkit
 DDPM/DDIM plugins and ``diffkit-pretrained-ddpm-digits`` (its ``quality`` module holds the data
 preprocessing)::
 
@@ -59,14 +60,14 @@ class Settings:
     resolution: int = 16
     upsample_mode: str = "bilinear"
     clear_digits_only: float = 0.8  # > 0: keep the digits a cross-validated SVM gives their own label with p >= this
-    steps: int = 3000
+    steps: int = 6000
     batch_size: int = 64
     learning_rate: float = 2e-3
     warmup_steps: int = 100
     final_lr_fraction: float = 0.05
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    ema_decay: float = 0.995
+    ema_decay: float = 0.998
     min_snr_gamma: float = 5.0  # > 0: weight each timestep's loss by min(SNR, gamma)/SNR (Hang et al. 2023)
     block_out_channels: tuple[int, ...] = (32, 64, 64)
     layers_per_block: int = 1
