@@ -11,7 +11,9 @@ thread-safe, the ``plan`` API is.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import Field, PositiveInt, field_validator
 
 from .config import Config, Configurable
 
@@ -71,6 +73,25 @@ class SchedulerState:
 
     def __len__(self) -> int:
         return len(self.timesteps)
+
+
+class BetaScheduleConfig(Config):
+    """The training noise schedule that diffusers' discrete-time schedulers share, with its defaults.
+
+    ``trained_betas``, when given, replaces the named ``beta_schedule``; a numpy array or tensor
+    is accepted and kept as a tuple. Scheduler configs subclass this and override what differs.
+    """
+
+    num_train_timesteps: PositiveInt = 1000
+    beta_start: float = Field(0.0001, ge=0, le=1)
+    beta_end: float = Field(0.02, ge=0, le=1)
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
+    trained_betas: tuple[float, ...] | None = None
+
+    @field_validator("trained_betas", mode="before")
+    @classmethod
+    def _betas_as_list(cls, value: Any) -> Any:
+        return value.tolist() if hasattr(value, "tolist") else value
 
 
 #: the discrete-time schedulers that accept one another's configs (diffusers' ``KarrasDiffusionSchedulers``):

@@ -3,27 +3,23 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
-from pydantic import Field, NonNegativeInt, PositiveInt, field_validator, model_validator
+from pydantic import Field, NonNegativeInt, model_validator
 
 from diffkit import schedules as S
 from diffkit.config import Config
 from diffkit.outputs import SchedulerOutput
 from diffkit.randomness import randn_tensor
-from diffkit.scheduler import KARRAS_COMPATIBLES, Scheduler, SchedulerState
+from diffkit.scheduler import KARRAS_COMPATIBLES, BetaScheduleConfig, Scheduler, SchedulerState
 
-class DDIMConfig(Config):
+
+class DDIMConfig(BetaScheduleConfig):
     """Fields and defaults of diffusers' ``DDIMScheduler``."""
 
     owner_name: ClassVar[str] = "DDIMScheduler"
 
-    num_train_timesteps: PositiveInt = 1000
-    beta_start: float = Field(0.0001, ge=0, le=1)
-    beta_end: float = Field(0.02, ge=0, le=1)
-    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
-    trained_betas: tuple[float, ...] | None = None
     clip_sample: bool = True
     set_alpha_to_one: bool = True
     steps_offset: NonNegativeInt = 0
@@ -34,11 +30,6 @@ class DDIMConfig(Config):
     sample_max_value: float = Field(1.0, gt=0)
     timestep_spacing: S.Spacing = "leading"
     rescale_betas_zero_snr: bool = False
-
-    @field_validator("trained_betas", mode="before")
-    @classmethod
-    def _betas_as_list(cls, value: Any) -> Any:
-        return value.tolist() if hasattr(value, "tolist") else value
 
     @model_validator(mode="after")
     def _consistent(self) -> DDIMConfig:

@@ -6,26 +6,21 @@ import logging
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, NonNegativeInt, PositiveInt, field_validator, model_validator
+from pydantic import Field, NonNegativeInt, model_validator
 
 from diffkit import schedules as S
 from diffkit.config import Config
 from diffkit.outputs import SchedulerOutput
-from diffkit.scheduler import Scheduler, SchedulerState
+from diffkit.scheduler import BetaScheduleConfig, Scheduler, SchedulerState
 
 logger = logging.getLogger("diffkit.scheduler.ddim_inverse")
 
 
-class DDIMInverseConfig(Config):
+class DDIMInverseConfig(BetaScheduleConfig):
     """Fields and defaults of diffusers' ``DDIMInverseScheduler``."""
 
     owner_name: ClassVar[str] = "DDIMInverseScheduler"
 
-    num_train_timesteps: PositiveInt = 1000
-    beta_start: float = Field(0.0001, ge=0, le=1)
-    beta_end: float = Field(0.02, ge=0, le=1)
-    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
-    trained_betas: tuple[float, ...] | None = None
     clip_sample: bool = True
     set_alpha_to_one: bool = True
     steps_offset: NonNegativeInt = 0
@@ -43,11 +38,6 @@ class DDIMInverseConfig(Config):
             rest = {k: v for k, v in data.items() if k != "set_alpha_to_zero"}
             return {**rest, "set_alpha_to_one": data["set_alpha_to_zero"]}
         return data
-
-    @field_validator("trained_betas", mode="before")
-    @classmethod
-    def _betas_as_list(cls, value: Any) -> Any:
-        return value.tolist() if hasattr(value, "tolist") else value
 
     @model_validator(mode="after")
     def _consistent(self) -> DDIMInverseConfig:

@@ -7,27 +7,23 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, NonNegativeInt, PositiveInt, field_validator, model_validator
+from pydantic import Field, NonNegativeInt, model_validator
 
 from diffkit import schedules as S
 from diffkit.config import Config
 from diffkit.outputs import SchedulerOutput
 from diffkit.randomness import randn_tensor
-from diffkit.scheduler import KARRAS_COMPATIBLES, Scheduler, SchedulerState
+from diffkit.scheduler import KARRAS_COMPATIBLES, BetaScheduleConfig, Scheduler, SchedulerState
 
 _LEARNED = ("learned", "learned_range")
 
 
-class DDPMConfig(Config):
+class DDPMConfig(BetaScheduleConfig):
     """Fields and defaults of diffusers' ``DDPMScheduler``."""
 
     owner_name: ClassVar[str] = "DDPMScheduler"
 
-    num_train_timesteps: PositiveInt = 1000
-    beta_start: float = Field(0.0001, ge=0, le=1)
-    beta_end: float = Field(0.02, ge=0, le=1)
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace"] = "linear"
-    trained_betas: tuple[float, ...] | None = None
     variance_type: S.VarianceType = "fixed_small"
     clip_sample: bool = True
     prediction_type: S.PredictionType = "epsilon"
@@ -38,11 +34,6 @@ class DDPMConfig(Config):
     timestep_spacing: S.Spacing = "leading"
     steps_offset: NonNegativeInt = 0
     rescale_betas_zero_snr: bool = False
-
-    @field_validator("trained_betas", mode="before")
-    @classmethod
-    def _betas_as_list(cls, value: Any) -> Any:
-        return value.tolist() if hasattr(value, "tolist") else value
 
     @model_validator(mode="after")
     def _consistent(self) -> DDPMConfig:

@@ -11,12 +11,11 @@ import math
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import ConfigDict, Field, PositiveInt, field_validator
+from pydantic import ConfigDict, Field
 
 from diffkit import schedules as S
 from diffkit import sigmas as K
-from diffkit.config import Config
-from diffkit.scheduler import KARRAS_COMPATIBLES, Scheduler
+from diffkit.scheduler import KARRAS_COMPATIBLES, BetaScheduleConfig, Scheduler
 
 from .schedule import lambda_table, vp_tables
 from .solver import flow_alpha_sigma, vp_alpha_sigma
@@ -24,16 +23,11 @@ from .solver import flow_alpha_sigma, vp_alpha_sigma
 SolverPrediction = Literal["epsilon", "sample", "v_prediction", "flow_prediction"]
 
 
-class SolverConfig(Config):
+class SolverConfig(BetaScheduleConfig):
     """Fields common to diffusers' DPM-Solver, DEIS and UniPC schedulers, with their defaults."""
 
     model_config = ConfigDict(ser_json_inf_nan="constants")
 
-    num_train_timesteps: PositiveInt = 1000
-    beta_start: float = Field(0.0001, ge=0, le=1)
-    beta_end: float = Field(0.02, ge=0, le=1)
-    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
-    trained_betas: tuple[float, ...] | None = None
     solver_order: int = Field(2, ge=1, le=3)
     prediction_type: SolverPrediction = "epsilon"
     thresholding: bool = False
@@ -45,11 +39,6 @@ class SolverConfig(Config):
     use_beta_sigmas: bool = False
     use_flow_sigmas: bool = False
     flow_shift: float = Field(1.0, gt=0)
-
-    @field_validator("trained_betas", mode="before")
-    @classmethod
-    def _betas_as_list(cls, value: Any) -> Any:
-        return value.tolist() if hasattr(value, "tolist") else value
 
     def check_common(self, *, steps_offset: int = 0) -> None:
         """Raise ``ValueError`` naming the fields when the shared fields disagree."""

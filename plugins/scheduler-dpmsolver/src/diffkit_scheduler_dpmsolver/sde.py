@@ -7,28 +7,25 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, NonNegativeInt, PositiveInt, field_validator, model_validator
+from pydantic import Field, NonNegativeInt, model_validator
 
 from diffkit import schedules as S
 from diffkit import sigmas as K
 from diffkit.config import Config
 from diffkit.outputs import SchedulerOutput
-from diffkit.scheduler import KARRAS_COMPATIBLES, Scheduler
+from diffkit.scheduler import KARRAS_COMPATIBLES, BetaScheduleConfig, Scheduler
 
 from .brownian import BrownianTreeNoise
 from .state import SolverState, broadcast_to
 
 
-class DPMSolverSDEConfig(Config):
+class DPMSolverSDEConfig(BetaScheduleConfig):
     """Fields and defaults of diffusers' ``DPMSolverSDEScheduler``."""
 
     owner_name: ClassVar[str] = "DPMSolverSDEScheduler"
 
-    num_train_timesteps: PositiveInt = 1000
     beta_start: float = Field(0.00085, ge=0, le=1)
     beta_end: float = Field(0.012, ge=0, le=1)
-    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
-    trained_betas: tuple[float, ...] | None = None
     prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon"
     use_karras_sigmas: bool = False
     use_exponential_sigmas: bool = False
@@ -36,11 +33,6 @@ class DPMSolverSDEConfig(Config):
     noise_sampler_seed: int | list[int] | None = None
     timestep_spacing: S.Spacing = "linspace"
     steps_offset: NonNegativeInt = 0
-
-    @field_validator("trained_betas", mode="before")
-    @classmethod
-    def _betas_as_list(cls, value: Any) -> Any:
-        return value.tolist() if hasattr(value, "tolist") else value
 
     @model_validator(mode="after")
     def _consistent(self) -> DPMSolverSDEConfig:

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import Field, NonNegativeInt, PositiveInt, field_validator, model_validator
+from pydantic import NonNegativeInt, model_validator
 
 from diffkit import schedules as S
 from diffkit import sigmas as K
 from diffkit.config import Config
 from diffkit.outputs import SchedulerOutput
-from diffkit.scheduler import KARRAS_COMPATIBLES, Scheduler, SchedulerState
+from diffkit.scheduler import KARRAS_COMPATIBLES, BetaScheduleConfig, Scheduler, SchedulerState
 
 logger = logging.getLogger("diffkit.schedulers")
 
@@ -33,22 +33,12 @@ def optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-class SigmaConfig(Config):
+class SigmaConfig(BetaScheduleConfig):
     """Training-schedule fields of the sigma-space schedulers (the defaults are Euler's)."""
 
-    num_train_timesteps: PositiveInt = 1000
-    beta_start: float = Field(0.0001, ge=0, le=1)
-    beta_end: float = Field(0.02, ge=0, le=1)
-    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
-    trained_betas: tuple[float, ...] | None = None
     prediction_type: S.PredictionType = "epsilon"
     timestep_spacing: S.Spacing = "linspace"
     steps_offset: NonNegativeInt = 0
-
-    @field_validator("trained_betas", mode="before")
-    @classmethod
-    def _betas_as_list(cls, value: Any) -> Any:
-        return value.tolist() if hasattr(value, "tolist") else value
 
     @model_validator(mode="after")
     def _consistent(self) -> SigmaConfig:

@@ -12,11 +12,10 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, NonNegativeInt, PositiveInt, field_validator, model_validator
+from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 
 from diffkit import schedules as S
-from diffkit.config import Config
-from diffkit.scheduler import Scheduler, SchedulerState
+from diffkit.scheduler import BetaScheduleConfig, Scheduler, SchedulerState
 
 logger = logging.getLogger("diffkit.scheduler.consistency")
 
@@ -24,16 +23,14 @@ logger = logging.getLogger("diffkit.scheduler.consistency")
 SIGMA_DATA = 0.5
 
 
-class ConsistencyConfig(Config):
+class ConsistencyConfig(BetaScheduleConfig):
     """Fields and defaults shared by diffusers' ``LCMScheduler`` and ``TCDScheduler``."""
 
     owner_name: ClassVar[str] = "LCMScheduler"
 
-    num_train_timesteps: PositiveInt = 1000
     beta_start: float = Field(0.00085, ge=0, le=1)
     beta_end: float = Field(0.012, ge=0, le=1)
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "scaled_linear"
-    trained_betas: tuple[float, ...] | None = None
     original_inference_steps: PositiveInt = 50
     clip_sample: bool = False
     clip_sample_range: float = Field(1.0, gt=0)
@@ -46,11 +43,6 @@ class ConsistencyConfig(Config):
     timestep_spacing: S.Spacing = "leading"
     timestep_scaling: float = Field(10.0, gt=0)
     rescale_betas_zero_snr: bool = False
-
-    @field_validator("trained_betas", mode="before")
-    @classmethod
-    def _betas_as_list(cls, value: Any) -> Any:
-        return value.tolist() if hasattr(value, "tolist") else value
 
     @model_validator(mode="after")
     def _consistent(self) -> ConsistencyConfig:

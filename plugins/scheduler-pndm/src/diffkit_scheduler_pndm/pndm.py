@@ -12,12 +12,12 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
-from pydantic import Field, NonNegativeInt, PositiveInt, field_validator, model_validator
+from pydantic import NonNegativeInt, model_validator
 
 from diffkit import schedules as S
 from diffkit.config import Config
 from diffkit.outputs import SchedulerOutput
-from diffkit.scheduler import KARRAS_COMPATIBLES, Scheduler, SchedulerState
+from diffkit.scheduler import KARRAS_COMPATIBLES, BetaScheduleConfig, Scheduler, SchedulerState
 
 from .multistep import MAX_HISTORY, adams_bashforth
 
@@ -25,26 +25,16 @@ from .multistep import MAX_HISTORY, adams_bashforth
 PNDM_ORDER = 4
 
 
-class PNDMConfig(Config):
+class PNDMConfig(BetaScheduleConfig):
     """Fields and defaults of diffusers' ``PNDMScheduler``."""
 
     owner_name: ClassVar[str] = "PNDMScheduler"
 
-    num_train_timesteps: PositiveInt = 1000
-    beta_start: float = Field(0.0001, ge=0, le=1)
-    beta_end: float = Field(0.02, ge=0, le=1)
-    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
-    trained_betas: tuple[float, ...] | None = None
     skip_prk_steps: bool = False
     set_alpha_to_one: bool = False
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
     timestep_spacing: S.Spacing = "leading"
     steps_offset: NonNegativeInt = 0
-
-    @field_validator("trained_betas", mode="before")
-    @classmethod
-    def _betas_as_list(cls, value: Any) -> Any:
-        return value.tolist() if hasattr(value, "tolist") else value
 
     @model_validator(mode="after")
     def _consistent(self) -> PNDMConfig:

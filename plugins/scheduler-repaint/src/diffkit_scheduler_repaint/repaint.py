@@ -5,32 +5,23 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, PositiveInt, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from diffkit import schedules as S
 from diffkit.config import Config
 from diffkit.outputs import SchedulerOutput
 from diffkit.randomness import randn_tensor
-from diffkit.scheduler import Scheduler, SchedulerState
+from diffkit.scheduler import BetaScheduleConfig, Scheduler, SchedulerState
 
 
-class RePaintConfig(Config):
+class RePaintConfig(BetaScheduleConfig):
     """Fields and defaults of diffusers' ``RePaintScheduler``."""
 
     owner_name: ClassVar[str] = "RePaintScheduler"
 
-    num_train_timesteps: PositiveInt = 1000
-    beta_start: float = Field(0.0001, ge=0, le=1)
-    beta_end: float = Field(0.02, ge=0, le=1)
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"] = "linear"
     eta: float = Field(0.0, ge=0, le=1)
-    trained_betas: tuple[float, ...] | None = None
     clip_sample: bool = True
-
-    @field_validator("trained_betas", mode="before")
-    @classmethod
-    def _betas_as_list(cls, value: Any) -> Any:
-        return value.tolist() if hasattr(value, "tolist") else value
 
     @model_validator(mode="after")
     def _consistent(self) -> RePaintConfig:
