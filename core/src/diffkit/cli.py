@@ -416,6 +416,17 @@ def parse_model_index(data: dict[str, Any], path: Path) -> tuple[Any, dict[str, 
         raise CLIError(str(exc)) from None
 
 
+def _hub_download_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``hf_hub_download`` keyword arguments from the CLI's ``--revision``/``--cache-dir``/``--local-files-only``."""
+    from .hub import hub_kwargs
+
+    kwargs = hub_kwargs(
+        revision=args.revision, cache_dir=args.cache_dir, local_files_only=True if args.local_files_only else None
+    )
+    kwargs.pop("proxies", None)
+    return kwargs
+
+
 def _hub_file(repo_id: str, args: argparse.Namespace) -> Path:
     """Download (or find in the cache) ``model_index.json``, else a single model's config, of a Hub repo."""
     from huggingface_hub import hf_hub_download
@@ -429,12 +440,9 @@ def _hub_file(repo_id: str, args: argparse.Namespace) -> Path:
         RevisionNotFoundError,
     )
 
-    from .hub import hub_kwargs, network_errors
+    from .hub import network_errors
 
-    kwargs = hub_kwargs(
-        revision=args.revision, cache_dir=args.cache_dir, local_files_only=True if args.local_files_only else None
-    )
-    kwargs.pop("proxies", None)
+    kwargs = _hub_download_options(args)
     unreachable = network_errors()
     first: Exception | None = None
     for filename in (PIPELINE_FILE, *SINGLE_FILES):
@@ -477,12 +485,7 @@ def _hub_has_file(repo_id: str, args: argparse.Namespace) -> Callable[[str], boo
     """Whether the Hub repo holds a file (fetched into the cache, never run); a failure counts as no."""
     from huggingface_hub import hf_hub_download
 
-    from .hub import hub_kwargs
-
-    kwargs = hub_kwargs(
-        revision=args.revision, cache_dir=args.cache_dir, local_files_only=True if args.local_files_only else None
-    )
-    kwargs.pop("proxies", None)
+    kwargs = _hub_download_options(args)
 
     def has_file(relative: str) -> bool:
         try:
@@ -1156,20 +1159,6 @@ def _size(paths: Sequence[Path]) -> str:
     return f"{total} B"
 
 
-@contextlib.contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """Turn the loader's progress bar off for the duration of the block."""
-    previous = os.environ.get("DIFFKIT_DISABLE_PROGRESS")
-    os.environ["DIFFKIT_DISABLE_PROGRESS"] = "1"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("DIFFKIT_DISABLE_PROGRESS", None)
-        else:
-            os.environ["DIFFKIT_DISABLE_PROGRESS"] = previous
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
     """``diffkit generate SOURCE``: load, run, write a PNG grid (or WAV) and say what was written."""
     import random
@@ -1190,7 +1179,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     options = {} if dtype is None else {"torch_dtype": dtype}
     try:
-        with _quiet_loading():  # only the sampling bar: an error after loading stays a single line
+        with _env("DIFFKIT_DISABLE_PROGRESS", "1"):  # only the sampling bar: an error after loading stays a single line
             pipe = (pipeline_cls or Pipeline).from_pretrained(args.source, **options)
     except ComponentNotFoundError as exc:
         raise CLIError(f"cannot load {args.source!r}: {_one_line(exc)}", EXIT_MISSING) from None

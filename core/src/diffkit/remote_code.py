@@ -143,7 +143,7 @@ def run_remote_module(source: CodeSource, *, trust_remote_code: bool, trusted_by
             )
         level = logging.INFO if trusted_by_caller else logging.WARNING
         logger.log(level, "running remote code %s (sha256 %s)", what, sha256)
-        stem = re.sub(r"\W", "_", path.stem) or "module"
+        stem = _module_stem(path)
         cached = _loaded.get((sha256, stem))
         if cached is not None:
             return cached
@@ -194,7 +194,12 @@ def code_file_of(cls: type) -> tuple[str, Path] | None:
     if module is None or "__diffkit_sha256__" not in module.__dict__ or not module.__file__:
         return None
     path = Path(module.__file__)
-    return re.sub(r"\W", "_", path.stem) or "module", path
+    return _module_stem(path), path
+
+
+def _module_stem(path: Path) -> str:
+    """A code file's name as a module name: ``my-pipe.py`` → ``my_pipe``."""
+    return re.sub(r"\W", "_", path.stem) or "module"
 
 
 def pick_class(module: ModuleType, base: type | tuple[type, ...], *, what: str, class_name: str | None = None) -> type:
