@@ -93,6 +93,27 @@ class TinyPromptPipeline(TinyImagePipeline):
         return super().__call__(batch_size=num_images_per_prompt, generator=generator)
 
 
+class TinyTextPipeline(TinyImagePipeline):
+    """Text-to-image style inputs: negative prompt, guidance scale, height and width (a multiple of 2)."""
+
+    def __call__(  # type: ignore[override]
+        self,
+        prompt: str,
+        negative_prompt: str | None = None,
+        guidance_scale: float = 7.5,
+        height: int = 2,
+        width: int = 2,
+        generator: Any = None,
+    ) -> ImagePipelineOutput:
+        if height % 2 or width % 2:
+            raise ValueError(f"height and width must be multiples of 2, got {height} and {width}")
+        _record(
+            self,
+            {"prompt": prompt, "negative_prompt": negative_prompt, "guidance_scale": guidance_scale, "height": height, "width": width},
+        )
+        return super().__call__(generator=generator)
+
+
 class OtherScheduler(ToyScheduler):
     """Accepts ToyScheduler configs: a legal ``--scheduler`` target."""
 
@@ -119,7 +140,15 @@ class PickyPipeline(TinyImagePipeline):
         super().__init__(model=model, scheduler=scheduler)
 
 
-PIPELINES = (TinyImagePipeline, TinyTensorPipeline, TinyAudioPipeline, TinyPromptPipeline, PickyPipeline, ToyPipeline)
+PIPELINES = (
+    TinyImagePipeline,
+    TinyTensorPipeline,
+    TinyAudioPipeline,
+    TinyPromptPipeline,
+    TinyTextPipeline,
+    PickyPipeline,
+    ToyPipeline,
+)
 
 
 def hooks() -> types.ModuleType:
@@ -315,9 +344,30 @@ def test_prompt_and_image_slot_in(ckpt, capsys, tmp_path):
     assert kwargs["image"].mode == "RGB" and kwargs["image"].size == (3, 3)
 
 
+def test_text_to_image_options_slot_in(ckpt, capsys, tmp_path):
+    source = str(ckpt(TinyTextPipeline))
+    argv = ["--prompt", "a 7", "--negative-prompt", "blurry", "--guidance-scale", "3.5", "--height", "4", "--width", "6"]
+    code, out, err = run(capsys, source, *argv, "--output", str(tmp_path / "t.png"))
+    assert code == 0, err
+    kwargs = CALLS[0][3]
+    assert kwargs == {"prompt": "a 7", "negative_prompt": "blurry", "guidance_scale": 3.5, "height": 4, "width": 6}
+    code, out, err = run(capsys, source, "--prompt", "a 7", "--output", str(tmp_path / "d.png"))
+    assert code == 0, err
+    kwargs = CALLS[-2][3]  # the text pipeline's own call, before its base class records
+    assert kwargs["guidance_scale"] == 7.5 and kwargs["negative_prompt"] is None  # not passed: the defaults
+
+
 @pytest.mark.parametrize(
     ("pipeline", "argv", "fragments"),
     [
+        (TinyImagePipeline, ["--guidance-scale", "2"], ("TinyImagePipeline does not take --guidance-scale",)),
+        (TinyImagePipeline, ["--negative-prompt", "x"], ("does not take --negative-prompt", "negative_prompt")),
+        (TinyImagePipeline, ["--height", "8"], ("does not take --height",)),
+        (TinyTextPipeline, ["--prompt", "a", "--width", "3"], ("TinyTextPipeline refused the arguments", "multiples of 2")),
+        (TinyTextPipeline, ["--prompt", "a", "--guidance-scale", "nan"], ("--guidance-scale", "finite")),
+        (TinyTextPipeline, ["--prompt", "a", "--guidance-scale", "big"], ("--guidance-scale", "'big' is not a number")),
+        (TinyTextPipeline, ["--prompt", "a", "--height", "0"], ("--height", "at least 1")),
+        (TinyTextPipeline, ["--prompt", "a", "--negative-prompt", " "], ("--negative-prompt", "must not be empty")),
         (TinyPromptPipeline, [], ("TinyPromptPipeline needs prompt (--prompt)",)),
         (TinyImagePipeline, ["--prompt", "a cat"], ("TinyImagePipeline does not take --prompt",)),
         (TinyImagePipeline, ["--mask-image", "IMAGE"], ("does not take --mask-image", "mask_image")),

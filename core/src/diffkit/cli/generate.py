@@ -21,6 +21,7 @@ from .common import (
     CLIError,
     env_var,
     existing_file,
+    finite_float,
     nonempty,
     one_line,
     positive_int,
@@ -85,6 +86,18 @@ CALL_OPTIONS: tuple[CallOption, ...] = (
         positive_int,
     ),
     CallOption("--prompt", ("prompt",), "TEXT", "text prompt, for text-conditioned pipelines", nonempty),
+    CallOption(
+        "--negative-prompt", ("negative_prompt",), "TEXT", "what the image should not show (needs guidance)", nonempty
+    ),
+    CallOption(
+        "--guidance-scale",
+        ("guidance_scale",),
+        "G",
+        "classifier-free guidance weight; at most 1 turns guidance off (default: the pipeline's)",
+        finite_float,
+    ),
+    CallOption("--height", ("height",), "PX", "image height in pixels (default: the pipeline's)", positive_int),
+    CallOption("--width", ("width",), "PX", "image width in pixels (default: the pipeline's)", positive_int),
     CallOption("--image", ("image",), "FILE", "input image, for image-to-image pipelines", existing_file, _open_image),
     CallOption(
         "--mask-image", ("mask_image",), "FILE", "mask image, for inpainting pipelines", existing_file, _open_image
