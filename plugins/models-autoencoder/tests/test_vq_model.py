@@ -116,10 +116,14 @@ def test_legacy_attention_names_are_renamed():
 def test_hooks_register_by_module_path_without_importing_torch():
     registered = []
     hooks.register_models(lambda name, target, **meta: registered.append((name, target)))
-    assert registered == [("VQModel", "diffkit_models_autoencoder.vq_model:VQModel")]
+    assert registered == [
+        ("AutoencoderKL", "diffkit_models_autoencoder.autoencoder_kl:AutoencoderKL"),
+        ("VQModel", "diffkit_models_autoencoder.vq_model:VQModel"),
+    ]
+    heavy = ("torch", "diffkit_models_autoencoder.vq_model", "diffkit_models_autoencoder.autoencoder_kl")
     code = (
         "import sys, diffkit_models_autoencoder.hooks; "
-        "heavy = [m for m in ('torch', 'diffkit_models_autoencoder.vq_model') if m in sys.modules]; "
+        f"heavy = [m for m in {heavy!r} if m in sys.modules]; "
         "assert not heavy, heavy"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -12,16 +12,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
-from pydantic import PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import PositiveInt
 from torch import nn
 
 from diffkit.config import Config
 from diffkit.model import Model
 from diffkit.outputs import BaseOutput
-from diffkit_models_unet.activations import ActivationName
 from diffkit_models_unet.unet_2d import legacy_attention_key
 
-from .blocks import DecoderBlockType, EncoderBlockType, NormType
+from .autoencoder_config import AutoencoderConfig
+from .blocks import NormType
 from .decoder import Decoder, DecoderOutput
 from .encoder import Encoder
 from .quantizer import VectorQuantizer
@@ -37,51 +37,15 @@ class VQEncoderOutput(BaseOutput):
     latents: torch.Tensor
 
 
-class VQModelConfig(Config):
+class VQModelConfig(AutoencoderConfig):
     """Configuration of :class:`VQModel`: diffusers' keys and defaults."""
 
     owner_name: ClassVar[str] = "VQModel"
 
-    in_channels: PositiveInt = 3
-    out_channels: PositiveInt = 3
-    down_block_types: tuple[EncoderBlockType, ...] = ("DownEncoderBlock2D",)
-    up_block_types: tuple[DecoderBlockType, ...] = ("UpDecoderBlock2D",)
-    block_out_channels: tuple[PositiveInt, ...] = (64,)
-    layers_per_block: PositiveInt = 1
-    act_fn: ActivationName = "silu"
-    latent_channels: PositiveInt = 3
-    sample_size: PositiveInt = 32
     num_vq_embeddings: PositiveInt = 256
-    norm_num_groups: PositiveInt = 32
     vq_embed_dim: PositiveInt | None = None
-    scaling_factor: PositiveFloat = 0.18215
     norm_type: NormType = "group"
-    mid_block_add_attention: bool = True
     lookup_from_codebook: bool = False
-    force_upcast: bool = False
-
-    @field_validator("act_fn", mode="before")
-    @classmethod
-    def _lowercase_activation(cls, value: Any) -> Any:
-        return value.lower() if isinstance(value, str) else value
-
-    @model_validator(mode="after")
-    def _check_consistency(self) -> VQModelConfig:
-        problems = []
-        n = len(self.block_out_channels)
-        if n == 0:
-            problems.append("block_out_channels must list at least one width")
-        for key in ("down_block_types", "up_block_types"):
-            if len(getattr(self, key)) != n:
-                problems.append(f"{key} has {len(getattr(self, key))} entries but block_out_channels has {n}")
-        for i, width in enumerate(self.block_out_channels):
-            if width % self.norm_num_groups:
-                problems.append(
-                    f"block_out_channels[{i}]={width} is not divisible by norm_num_groups={self.norm_num_groups}"
-                )
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
 
     @property
     def codebook_dim(self) -> int:

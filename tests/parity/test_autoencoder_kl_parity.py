@@ -1,0 +1,143 @@
+"""Parity of diffkit's AutoencoderKL with diffusers' on tiny random checkpoints.
+
+diffusers builds each config (hypothesis draws widths, latent channels, levels, layers per
+block, norm groups, activation and the quant-conv and mid-attention switches; one fixed
+config has Stable Diffusion 1.x's layout at a tiny width), saves it, diffkit loads it, and
+both encode (posterior mean, std and a seeded draw), decode and run forward on the same
+inputs. Slicing and tiling are compared with tile sizes small enough that 32-64 pixel
+images really are tiled, set the way a diffusers user sets them. diffusers loads what
+diffkit saves and gives the same numbers.
+"""
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file, save_file
+
+diffusers = pytest.importorskip("diffusers")
+
+from diffkit_models_autoencoder.autoencoder_kl import AutoencoderKL  # noqa: E402
+
+ATOL = 1e-5
+
+#: Stable Diffusion 1.x's VAE layout (four levels, two resnets per level, mid attention, quant convs),
+#: with widths divided by 16 and norm groups by 8
+SD_LIKE = dict(
+    block_out_channels=(8, 16, 32, 32),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    layers_per_block=2,
+    latent_channels=4,
+    norm_num_groups=4,
+    sample_size=32,
+)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tiny models run faster on one thread than split across cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _randomise_norms(model: torch.nn.Module, seed: int) -> None:
+    """Non-trivial GroupNorm affines, so that every parameter changes the output."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.GroupNorm):
+                module.weight.copy_(1 + 0.2 * torch.randn(module.weight.shape, generator=gen))
+                module.bias.copy_(0.2 * torch.randn(module.bias.shape, generator=gen))
+
+
+def _diffusers_model(config: dict, seed: int = 0):
+    torch.manual_seed(seed)
+    model = diffusers.AutoencoderKL(**config).eval()
+    _randomise_norms(model, seed)
+    return model
+
+
+def _images(config: dict, batch: int = 2, size: tuple[int, int] = (16, 16), seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, config.get("in_channels", 3), *size, generator=gen)
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape and a.dtype == b.dtype
+    return (a - b).abs().max().item()
+
+
+def _load_ours(theirs, folder) -> AutoencoderKL:
+    theirs.save_pretrained(folder)
+    ours = AutoencoderKL.from_pretrained(folder)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    return ours
+
+
+def _assert_same_model_outputs(ours, theirs, config: dict, size: tuple[int, int]) -> None:
+    images = _images(config, size=size)
+    expected = theirs.encode(images).latent_dist
+    got = ours.encode(images).latent_dist
+    for name in ("mean", "std", "var", "logvar"):
+        assert _max_diff(getattr(got, name), getattr(expected, name)) <= ATOL, name
+    assert _max_diff(got.mode(), expected.mode()) <= ATOL
+    assert _max_diff(got.kl(), expected.kl()) <= ATOL * max(1.0, expected.kl().abs().max().item())
+    drawn = got.sample(generator=torch.Generator().manual_seed(7))
+    assert _max_diff(drawn, expected.sample(generator=torch.Generator().manual_seed(7))) <= ATOL
+    generators = [torch.Generator().manual_seed(s) for s in (1, 2)]
+    same_generators = [torch.Generator().manual_seed(s) for s in (1, 2)]
+    assert _max_diff(got.sample(generator=generators), expected.sample(generator=same_generators)) <= ATOL
+
+    latents = expected.mode()
+    assert _max_diff(ours.decode(latents).sample, theirs.decode(latents).sample) <= ATOL
+    assert _max_diff(ours(images).sample, theirs(images).sample) <= ATOL
+    got = ours(images, sample_posterior=True, generator=torch.Generator().manual_seed(3)).sample
+    expected = theirs(images, sample_posterior=True, generator=torch.Generator().manual_seed(3)).sample
+    assert _max_diff(got, expected) <= ATOL
+
+
+@torch.no_grad()
+def test_sd_like_config_matches(tmp_path):
+    theirs = _diffusers_model(SD_LIKE)
+    ours = _load_ours(theirs, tmp_path)
+    assert ours.tile_sample_min_size == theirs.tile_sample_min_size == 32
+    assert ours.tile_latent_min_size == theirs.tile_latent_min_size == 4
+    _assert_same_model_outputs(ours, theirs, SD_LIKE, size=(16, 24))
+    (posterior,) = ours.encode(_images(SD_LIKE), return_dict=False)
+    (images,) = ours.decode(posterior.mode(), return_dict=False)
+    assert images.shape == (2, 3, 16, 16)
+
+
+@st.composite
+def kl_configs(draw) -> dict:
+    levels = draw(st.integers(1, 3))
+    groups = draw(st.sampled_from([1, 2, 4]))
+    widths = tuple(groups * draw(st.integers(1, 4)) for _ in range(levels))
+    down = tuple(draw(st.sampled_from(["DownEncoderBlock2D", "AttnDownEncoderBlock2D"])) for _ in range(levels))
+    up = tuple(draw(st.sampled_from(["UpDecoderBlock2D", "AttnUpDecoderBlock2D"])) for _ in range(levels))
+    return dict(
+        in_channels=draw(st.integers(1, 3)),
+        out_channels=draw(st.integers(1, 3)),
+        block_out_channels=widths,
+        down_block_types=down,
+        up_block_types=up,
+        layers_per_block=draw(st.integers(1, 2)),
+        latent_channels=draw(st.integers(1, 4)),
+        norm_num_groups=groups,
+        act_fn=draw(st.sampled_from(["silu", "gelu", "mish", "relu"])),
+        use_quant_conv=draw(st.booleans()),
+        use_post_quant_conv=draw(st.booleans()),
+        mid_block_add_attention=draw(st.booleans()),
+    )
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(config=kl_configs())
+@torch.no_grad()
+def test_drawn_configs_match(tmp_path_factory, config):
+    theirs = _diffusers_model(config)
+    ours = _load_ours(theirs, tmp_path_factory.mktemp("vae"))
+    _assert_same_model_outputs(ours, theirs, config, size=(8, 12))
