@@ -20,6 +20,10 @@ class ComponentLoader:
         """Whether this loader knows ``class_name``; unknown names are refused, never imported."""
         raise NotImplementedError
 
+    # Optional: ``files_needed(class_name, names, *, variant, use_safetensors, allow_pickle)``
+    # returns the file names of a component folder (from a Hub listing) that ``load`` reads;
+    # without it, the core fetches every file of the folder but other formats' weights.
+
     def load(self, class_name: str, folder: Path, **options: Any) -> Any:
         raise NotImplementedError
 
