@@ -141,3 +141,149 @@ def test_drawn_configs_match(tmp_path_factory, config):
     theirs = _diffusers_model(config)
     ours = _load_ours(theirs, tmp_path_factory.mktemp("vae"))
     _assert_same_model_outputs(ours, theirs, config, size=(8, 12))
+
+
+#: two levels (latents at half size), mid attention and an attention level, quant convs on
+TILING = dict(
+    block_out_channels=(8, 16),
+    down_block_types=("DownEncoderBlock2D", "AttnDownEncoderBlock2D"),
+    up_block_types=("AttnUpDecoderBlock2D", "UpDecoderBlock2D"),
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=4,
+    sample_size=64,
+)
+
+
+def _set_tiles(model, sample: int, latent: int) -> None:
+    """Small tiles, set on the model as a diffusers user would."""
+    model.enable_tiling()
+    model.tile_sample_min_size = sample
+    model.tile_latent_min_size = latent
+
+
+@torch.no_grad()
+def test_slicing_matches_and_changes_nothing(tmp_path):
+    theirs = _diffusers_model(SD_LIKE)
+    ours = _load_ours(theirs, tmp_path)
+    images = _images(SD_LIKE, batch=3, size=(16, 16))
+    whole = ours.encode(images).latent_dist.mean
+    latents = theirs.encode(images).latent_dist.mode()
+    whole_decoded = ours.decode(latents).sample
+    theirs.enable_slicing()
+    ours.enable_slicing()
+    assert ours.use_slicing
+    sliced = ours.encode(images).latent_dist
+    assert _max_diff(sliced.mean, theirs.encode(images).latent_dist.mean) <= ATOL
+    assert _max_diff(sliced.mean, whole) <= ATOL
+    decoded = ours.decode(latents).sample
+    assert _max_diff(decoded, theirs.decode(latents).sample) <= ATOL
+    assert _max_diff(decoded, whole_decoded) <= ATOL
+    ours.disable_slicing()
+    assert not ours.use_slicing
+
+
+@pytest.mark.parametrize(
+    "size, tiles",
+    [
+        ((32, 32), (16, 8)),  # a 2x2 grid of full tiles plus thin edge tiles
+        ((48, 40), (16, 8)),  # more rows than columns, partial tiles at both edges
+        ((64, 64), (32, 16)),  # the default overlap at a larger tile size
+        ((40, 56), (24, 12)),  # tiles that do not divide the image
+    ],
+)
+@torch.no_grad()
+def test_tiled_encode_and_decode_match(tmp_path, size, tiles):
+    theirs = _diffusers_model(TILING)
+    ours = _load_ours(theirs, tmp_path)
+    images = _images(TILING, batch=1, size=size, seed=4)
+    untiled = ours.encode(images).latent_dist.mean
+    for model in (theirs, ours):
+        _set_tiles(model, *tiles)
+
+    expected = theirs.encode(images).latent_dist
+    got = ours.encode(images).latent_dist
+    assert got.mean.shape == untiled.shape
+    assert (got.mean - untiled).abs().max() > 1e-4, "the image should really have been tiled"
+    assert _max_diff(got.mean, expected.mean) <= ATOL
+    assert _max_diff(got.std, expected.std) <= ATOL
+
+    latents = expected.mode()
+    ours.disable_tiling()
+    untiled_images = ours.decode(latents).sample
+    ours.enable_tiling()
+    expected_images = theirs.decode(latents).sample
+    got_images = ours.decode(latents).sample
+    assert (got_images - untiled_images).abs().max() > 1e-4, "the latents should really have been tiled"
+    assert _max_diff(got_images, expected_images) <= ATOL
+    assert _max_diff(ours.tiled_decode(latents).sample, theirs.tiled_decode(latents).sample) <= ATOL
+    assert _max_diff(ours(images).sample, theirs(images).sample) <= ATOL
+
+
+@torch.no_grad()
+def test_tiling_with_slicing_and_small_inputs(tmp_path):
+    """Slicing and tiling together split the batch first; inputs within one tile are not tiled."""
+    theirs = _diffusers_model(TILING)
+    ours = _load_ours(theirs, tmp_path)
+    images = _images(TILING, batch=2, size=(40, 32), seed=5)
+    small = _images(TILING, batch=2, size=(16, 16), seed=6)
+    for model in (theirs, ours):
+        model.enable_slicing()
+    untiled_small = ours.encode(small).latent_dist.mean
+    for model in (theirs, ours):
+        _set_tiles(model, 16, 8)
+    assert _max_diff(ours.encode(images).latent_dist.mean, theirs.encode(images).latent_dist.mean) <= ATOL
+    latents = theirs.encode(images).latent_dist.mode()
+    assert _max_diff(ours.decode(latents).sample, theirs.decode(latents).sample) <= ATOL
+    assert torch.equal(ours.encode(small).latent_dist.mean, untiled_small)
+    ours.disable_tiling()
+    assert not ours.use_tiling
+
+
+@pytest.mark.parametrize("switches", [dict(), dict(use_quant_conv=False, use_post_quant_conv=False)])
+@torch.no_grad()
+def test_diffusers_loads_diffkit_checkpoint_and_matches(tmp_path, switches):
+    config = dict(
+        SD_LIKE,
+        **switches,
+        scaling_factor=0.13025,
+        shift_factor=0.0609,
+        latents_mean=(0.1, -0.2, 0.3, 0.0),
+        latents_std=(1.0, 0.5, 2.0, 1.5),
+        force_upcast=False,
+    )
+    torch.manual_seed(1)
+    ours = AutoencoderKL(**config).eval()
+    _randomise_norms(ours, 1)
+    ours.save_pretrained(tmp_path)
+
+    theirs = diffusers.AutoencoderKL.from_pretrained(tmp_path).eval()
+    assert set(theirs.state_dict()) == set(ours.state_dict())
+    for key, value in ours.config.model_dump().items():
+        loaded = theirs.config[key]
+        assert (list(loaded) if isinstance(loaded, (list, tuple)) else loaded) == (
+            list(value) if isinstance(value, tuple) else value
+        ), key
+    images = _images(config, size=(16, 16), seed=2)
+    assert _max_diff(ours(images).sample, theirs(images).sample) <= ATOL
+
+
+@torch.no_grad()
+def test_checkpoint_with_legacy_attention_names_loads(tmp_path):
+    """Old SD VAE checkpoints name the mid-block attention projections query/key/value/proj_attn."""
+    theirs = _diffusers_model(SD_LIKE)
+    theirs.save_pretrained(tmp_path)
+    weights = tmp_path / "diffusion_pytorch_model.safetensors"
+    legacy_names = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+    renamed = {}
+    for key, tensor in load_file(weights).items():
+        for new, old in legacy_names.items():
+            if ".attentions." in key and f".{new}." in key:
+                key = key.replace(f".{new}.", f".{old}.")
+        renamed[key] = tensor
+    assert any(".proj_attn." in key for key in renamed)
+    save_file(renamed, weights, metadata={"format": "pt"})
+
+    ours = AutoencoderKL.from_pretrained(tmp_path)
+    images = _images(SD_LIKE, size=(16, 16), seed=1)
+    assert _max_diff(ours(images).sample, theirs(images).sample) <= ATOL

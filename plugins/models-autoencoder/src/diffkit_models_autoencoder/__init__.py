@@ -1,6 +1,8 @@
-"""diffkit plugin: autoencoder models with diffusers' config and weight layout (``VQModel``).
+"""diffkit plugin: autoencoder models with diffusers' config and weight layout.
 
-The encoder, decoder and vector quantizer live in their own modules so that other
-autoencoders of the family reuse them; this package module imports nothing so that plugin
-discovery stays cheap.
+``AutoencoderKL`` (the Stable Diffusion VAE) lives in :mod:`.autoencoder_kl`, ``VQModel``
+(latent diffusion's VQ-GAN, MoVQ) in :mod:`.vq_model`. The encoder, decoder, latent
+distribution, quantizer and tiling live in their own modules so that every autoencoder of
+the family reuses them; this package module imports nothing so that plugin discovery stays
+cheap.
 """
