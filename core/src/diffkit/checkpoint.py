@@ -36,6 +36,8 @@ def read_json(path: str | os.PathLike[str], what: str = "config file") -> dict[s
         raise CheckpointError(
             f"{what} {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
         ) from None
+    except RecursionError:
+        raise CheckpointError(f"{what} {path} is not a config file: its JSON is nested too deeply to read") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{what} {path} must hold a JSON object, found {type(data).__name__}")
     return data

@@ -14,10 +14,11 @@ from typing import Any, ClassVar, Self
 
 import torch
 
-from ._fs import atomic_folder
+from ._fs import atomic_save, check_links, recover
 from .config import Config, Configurable
 from .dtypes import parse_dtype
 from .errors import CheckpointError
+from .finite import check_weights
 from .weights import checkpoint_dtype, find_weights, read_state_dict, write_state_dict
 
 logger = logging.getLogger("diffkit.model")
@@ -103,9 +104,14 @@ class Model(torch.nn.Module, Configurable):
         local_files_only: bool | None = None,
         token: str | bool | None = None,
         proxies: dict[str, str] | None = None,
+        allow_external_symlinks: bool = False,
         **config_overrides: Any,
     ) -> Self | tuple[Self, dict[str, list[Any]]]:
-        """Load a model from a folder (or ``folder/subfolder``) or a Hub repo id."""
+        """Load a model from a folder (or ``folder/subfolder``) or a Hub repo id.
+
+        Files that link outside the folder are refused (the Hub cache's links into its blobs
+        excepted) unless ``allow_external_symlinks=True``. Weights holding NaN or Inf warn.
+        """
         from .hub import resolve_model_folder
 
         folder = resolve_model_folder(
@@ -123,6 +129,9 @@ class Model(torch.nn.Module, Configurable):
             token=token,
             proxies=proxies,
         )
+        recover(folder)  # finish or clean up a save into this folder that was killed
+        if not allow_external_symlinks:
+            check_links(folder, [cls.config_name])
         config_path = folder / cls.config_name
         config = cls.config_class.from_dict(
             cls.load_config(folder), source=config_path, **config_overrides
@@ -130,11 +139,19 @@ class Model(torch.nn.Module, Configurable):
         files = find_weights(
             folder, cls.weights_name, variant=variant, use_safetensors=use_safetensors, allow_pickle=allow_pickle
         )
+        if not allow_external_symlinks:
+            check_links(folder, [f.name for f in files])
         dtype = parse_dtype(torch_dtype)
         if dtype == "auto":
             dtype = checkpoint_dtype(files)
+        if dtype is not None and not dtype.is_floating_point:
+            raise ValueError(
+                f"torch_dtype={dtype} is not a floating-point dtype: {cls.__name__} weights load as float32, "
+                "float16, bfloat16 or float64 (quantized integer weights are not supported)"
+            )
         device = _single_device(device_map)
         model, info = cls._from_state(config, files, dtype=dtype, device=device, low_cpu_mem_usage=low_cpu_mem_usage)
+        check_weights(model, f"component {folder.name!r} ({cls.__name__} from {folder})")
         model.config._meta["_name_or_path"] = str(pretrained_model_name_or_path)
         model.eval()
         return (model, info) if output_loading_info else model
@@ -171,6 +188,11 @@ class Model(torch.nn.Module, Configurable):
             logger.warning("%s: ignoring %d unexpected tensor(s): %s", where, len(unexpected), ", ".join(unexpected[:10]))
         for key, want in expected.items():
             got = state[key]
+            if want.is_floating_point() and not got.is_floating_point():
+                raise CheckpointError(
+                    f"{where}: tensor {key!r} is stored as {got.dtype}, but {cls.__name__} needs floating-point "
+                    "values there; these weights are not a checkpoint of this model (or were converted wrongly)"
+                )
             if tuple(got.shape) != tuple(want.shape):
                 raise CheckpointError(
                     f"{where}: tensor {key!r} has shape {tuple(got.shape)} but {cls.__name__} with this "
@@ -197,7 +219,7 @@ class Model(torch.nn.Module, Configurable):
     ) -> Path:
         """Write ``config.json`` and the weights, atomically (an interrupted save changes nothing)."""
         target = Path(save_directory)
-        with atomic_folder(target) as tmp:
+        with atomic_save(target) as tmp:
             self.save_config(tmp)
             write_state_dict(
                 self.state_dict(),

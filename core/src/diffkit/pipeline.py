@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import numbers
 import os
 import shutil
 import warnings
@@ -21,7 +22,7 @@ from typing import Any, ClassVar, Self
 
 import torch
 
-from ._fs import atomic_folder
+from ._fs import atomic_save
 from ._registry import registry
 from .checkpoint import MODEL_INDEX, write_json
 from .config import DIFFUSERS_FORMAT_VERSION
@@ -29,6 +30,7 @@ from .model import Model
 from .offload import OffloadStrategy
 from .outputs import numpy_to_pil
 from .processor import Processor
+from .randomness import check_generator
 from .remote_code import code_file_of
 from .scheduler import Scheduler
 
@@ -38,7 +40,7 @@ logger = logging.getLogger("diffkit.pipeline")
 LOAD_OPTIONS = (
     "torch_dtype", "variant", "use_safetensors", "allow_pickle", "revision", "cache_dir", "force_download",
     "local_files_only", "token", "proxies", "low_cpu_mem_usage", "device_map", "custom_pipeline",
-    "custom_revision", "trust_remote_code", "output_loading_info",
+    "custom_revision", "trust_remote_code", "output_loading_info", "allow_external_symlinks",
 )
 
 
@@ -72,6 +74,12 @@ class Pipeline:
     #: the order in which model offloading moves components, e.g. ``"text_encoder->unet->vae"``
     model_cpu_offload_seq: ClassVar[str] = ""
     _callback_tensor_inputs: ClassVar[tuple[str, ...]] = ("latents",)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        call = cls.__dict__.get("__call__")
+        if call is not None and not hasattr(call, "__diffkit_checked__"):
+            cls.__call__ = _checked_call(call)
 
     def __init__(self, **kwargs: Any) -> None:
         names = set(self.component_names())
@@ -221,6 +229,8 @@ class Pipeline:
                 if len(args) == 2 and arg is args[1]:
                     raise ValueError("to(device, dtype): the device comes first")
                 device = arg
+        if device is not None:
+            _check_device(device, f"{type(self).__name__}.to")
         strategy = self.offload_strategy
         if strategy is not None:
             if device is not None:
@@ -402,8 +412,9 @@ class Pipeline:
         Keyword arguments: loading options (``torch_dtype`` — a dtype, ``"auto"`` or a dict by
         component with ``"default"`` —, ``variant``, ``use_safetensors``, ``allow_pickle``,
         ``revision``, ``cache_dir``, ``force_download``, ``local_files_only``, ``token``,
-        ``proxies``, ``low_cpu_mem_usage``, ``device_map``), component objects that replace
-        loading (``None`` for optional components), and pipeline settings.
+        ``proxies``, ``low_cpu_mem_usage``, ``device_map``, ``allow_external_symlinks`` to read
+        files that link outside the folder), component objects that replace loading (``None``
+        for optional components), and pipeline settings.
         """
         from .pipeline_loading import load_pipeline
 
@@ -437,7 +448,7 @@ class Pipeline:
         from .pipeline_loading import save_component
 
         target = Path(save_directory)
-        with atomic_folder(target) as tmp:
+        with atomic_save(target) as tmp:
             for name, component in self.components.items():
                 if component is not None:
                     save_component(
@@ -503,6 +514,45 @@ def _give_backend(models: list[tuple[str, Model]], backend: Any) -> None:
             backend.check_layer(layer, f"{name}.{path}")
     for _, model in models:
         model.set_attention_backend(backend)
+
+
+def _checked_call(call: Callable[..., Any]) -> Callable[..., Any]:
+    """``call`` with its ``num_inference_steps`` and ``generator`` arguments checked first.
+
+    Every pipeline gets the same clear errors (``generator=42``, ``num_inference_steps=2.5``)
+    before any work starts, instead of a torch error from deep inside the loop.
+    """
+    signature = inspect.signature(call)
+    if not {"num_inference_steps", "generator"} & set(signature.parameters):
+        return call
+
+    @functools.wraps(call)
+    def checked(self: Pipeline, *args: Any, **kwargs: Any) -> Any:
+        try:
+            arguments = signature.bind_partial(self, *args, **kwargs).arguments
+        except TypeError:
+            arguments = {}  # the call itself reports the wrong arguments
+        steps = arguments.get("num_inference_steps")
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, numbers.Integral)):
+            raise TypeError(f"num_inference_steps must be a whole number of steps, got {steps!r}")
+        check_generator(arguments.get("generator"))
+        return call(self, *args, **kwargs)
+
+    checked.__diffkit_checked__ = True  # type: ignore[attr-defined]
+    return checked
+
+
+def _check_device(device: str | int | torch.device, where: str) -> None:
+    """Refuse a device that does not exist here with one clear error (not torch's assertion)."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"{where}({device!r}): not a device ({exc})") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise RuntimeError(f"{where}({str(device)!r}): CUDA is not available ({why}); use 'cpu'")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"{where}({str(device)!r}): MPS (Apple GPU) is not available here; use 'cpu'")
 
 
 def _module_device(module: torch.nn.Module) -> torch.device:

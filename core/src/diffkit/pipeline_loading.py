@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from ._fs import safe_child
+from ._fs import LINKS_OPT_OUT, check_links, recover, safe_child
 from ._registry import registry
 from .checkpoint import MODEL_INDEX, NATIVE_LIBRARIES, ComponentEntry, parse_model_index, read_json
 from .dtypes import dtype_for, parse_dtype
@@ -253,6 +253,11 @@ def load_pipeline(cls: type[Pipeline], source: str | os.PathLike[str], **kwargs:
 
     origin, pipeline_cls = _resolve_source(cls, source, kwargs, options)
     folder = origin.folder
+    if origin.repo_id is None:
+        recover(folder)  # finish or clean up a save into this folder that was killed
+    links_checked = not options.get(LINKS_OPT_OUT, False)
+    if links_checked:
+        check_links(folder, [MODEL_INDEX])
     index_path = folder / MODEL_INDEX
     class_name, entries, settings = parse_model_index(read_json(index_path, "model_index.json"), index_path)
     where = f"{MODEL_INDEX} in {folder}"
@@ -272,6 +277,8 @@ def load_pipeline(cls: type[Pipeline], source: str | os.PathLike[str], **kwargs:
 
     variant = options.get("variant")
     to_load = [n for n in expected if n not in passed and n in entries and entries[n].library is not None]
+    if links_checked:
+        check_links(folder, to_load)
     if variant and to_load and not any(_has_variant(folder / n, variant) for n in to_load):
         raise CheckpointError(f"variant {variant!r} was requested but no component folder of {folder} has it")
 
@@ -316,12 +323,26 @@ def _resolve_source(cls: type[Pipeline], source: str | os.PathLike[str], passed:
         if not path.is_dir():
             raise CheckpointError(f"{path} is not a folder; pass a pipeline folder or a Hub repo id")
         return _Origin(path), None
+    if not isinstance(source, os.PathLike):
+        _refuse_unloaded_pretrained(str(source))
     if isinstance(source, os.PathLike) or not is_repo_id(str(source)):
         raise CheckpointError(
             f"{str(source)!r} is not an existing folder, a Hub repo id ('org/name') or a registered pretrained name"
             f" (registered: {', '.join(registry.names('pretrained')) or 'none'})"
         )
     return _download(cls, str(source), passed, options)
+
+
+def _refuse_unloaded_pretrained(name: str) -> None:
+    """A pretrained name whose installed plugin is disabled or broken says so (instead of trying the Hub)."""
+    from ._index import packages_providing
+
+    for dist in packages_providing("pretrained", name):
+        info = registry.plugin(dist)
+        if info is not None and info.status != "loaded":
+            raise CheckpointError(
+                f"{name!r} is the pretrained checkpoint of plugin {dist!r}, which is {info.status}: {info.error}"
+            )
 
 
 def _load_component(name: str, entry: ComponentEntry, origin: _Origin, options: dict[str, Any], where: str) -> Any:
@@ -346,6 +367,7 @@ def _load_component(name: str, entry: ComponentEntry, origin: _Origin, options: 
             allow_pickle=options.get("allow_pickle", False),
             device_map=options.get("device_map"),
             low_cpu_mem_usage=options.get("low_cpu_mem_usage", True),
+            allow_external_symlinks=True,  # the whole component folder was checked above
         )
     if issubclass(target, (Scheduler, Processor)):
         return target.from_pretrained(folder)

@@ -19,6 +19,7 @@ def randn_tensor(
     dtype: torch.dtype | None = None,
     layout: torch.layout | None = None,
 ) -> torch.Tensor:
+    check_generator(generator)
     device = torch.device(device) if device is not None else torch.device("cpu")
     layout = layout or torch.strided
     if isinstance(generator, (list, tuple)) and len(generator) == 1:
@@ -45,6 +46,21 @@ def randn_tensor(
     else:
         noise = torch.randn(tuple(shape), generator=generator, device=sample_device, dtype=dtype, layout=layout)
     return noise.to(device)
+
+
+def check_generator(generator: Any) -> None:
+    """Refuse a ``generator`` argument that is not ``None``, a ``torch.Generator`` or a list of them."""
+    items = generator if isinstance(generator, (list, tuple)) else [generator]
+    if generator is None or all(isinstance(g, torch.Generator) for g in items) and items:
+        return
+    wrong = next((g for g in items if not isinstance(g, torch.Generator)), generator)
+    hint = ""
+    if isinstance(wrong, int) and not isinstance(wrong, bool):
+        hint = f"; for a seed pass generator=torch.Generator().manual_seed({wrong})"
+    raise TypeError(
+        f"generator must be a torch.Generator or a list of them (one per image), got {type(wrong).__name__} "
+        f"{wrong!r}{hint}"
+    )
 
 
 def is_generator_list(generator: Any) -> bool:

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._fs import write_error
 from .errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -121,6 +122,8 @@ def _shards_from_index(index_path: Path) -> list[Path]:
             raise TypeError("weight_map is not an object")
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"shard index {index_path} is malformed: {exc}") from None
+    except RecursionError:
+        raise CheckpointError(f"shard index {index_path} is malformed: its JSON is nested too deeply") from None
     shards = []
     for shard in sorted(set(weight_map.values())):
         if not isinstance(shard, str) or "/" in shard or "\\" in shard or shard in ("", ".", ".."):
@@ -144,13 +147,42 @@ def read_state_dict(files: list[Path], device: str | torch.device = "cpu") -> di
             if path.name.endswith(".safetensors"):
                 part = load_file(str(path), device=str(device))
             else:
-                part = torch.load(str(path), map_location=device, weights_only=True, mmap=True)
+                part = _load_pickle(path, device)
+        except CheckpointError:
+            raise
         except (SafetensorError, OSError, RuntimeError, EOFError, ValueError) as exc:
             raise CheckpointError(f"weight file {path} cannot be read (truncated or corrupt?): {exc}") from None
         if not isinstance(part, dict):
             raise CheckpointError(f"weight file {path} does not hold a state dict")
         state.update(part)
     return state
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_UNSAFE_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)")
+
+
+def _load_pickle(path: Path, device: Any) -> Any:
+    """``torch.load(weights_only=True)`` of an opted-in pickle file; refusals name the file and the reason.
+
+    Files of the zip format are memory-mapped; the legacy (pre-1.6) format cannot be, so it is read whole.
+    """
+    import pickle
+    import zipfile
+
+    import torch
+
+    try:
+        return torch.load(str(path), map_location=device, weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as exc:
+        text = _ANSI.sub("", str(exc))
+        found = _UNSAFE_GLOBAL.search(text)
+        what = f"it calls {found.group(1)}" if found else "it holds objects other than tensors"
+        raise CheckpointError(
+            f"refused to load pickle weight file {path}: {what} when unpickled, which can run arbitrary code, so "
+            "it is not a plain state dict. Use the safetensors weights of this checkpoint, or convert the file "
+            "to safetensors only if you trust where it comes from."
+        ) from None
 
 
 def parse_size(size: int | str) -> int:
@@ -199,15 +231,21 @@ def write_state_dict(
     for filename, keys in split.filename_to_tensors.items():
         shard = {k: tensors[k] for k in keys}
         path = folder / filename
-        if safe_serialization:
-            save_file(shard, str(path), metadata={"format": "pt"})
-        else:
-            torch.save(shard, str(path))
+        try:
+            if safe_serialization:
+                save_file(shard, str(path), metadata={"format": "pt"})
+            else:
+                torch.save(shard, str(path))
+        except OSError as exc:
+            raise write_error(path, exc) from None
         written.append(path)
     if split.is_sharded:
         index = {"metadata": {**split.metadata}, "weight_map": split.tensor_to_filename}
         path = folder / index_name(base, ext, variant)
-        path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        try:
+            path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise write_error(path, exc) from None
         written.append(path)
     return written
 
