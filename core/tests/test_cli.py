@@ -610,6 +610,7 @@ def test_info_hub_passes_revision_and_offline_flag(reg, capsys, tmp_path, monkey
         return str(target)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr("diffkit.hub.hub_unreachable", lambda *args, **kwargs: None)  # the Hub answers
     code, out, _ = run(capsys, "info", "org/toy", "--revision", "v1.0")
     assert code == 1 and "pipeline: ToyPipeline  ->  MISSING" in out
     ((repo_id, filename, kwargs),) = calls

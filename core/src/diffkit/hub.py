@@ -68,7 +68,9 @@ def network_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
-def hub_error(repo_id: str, revision: str | None, exc: BaseException) -> CheckpointError:
+def hub_error(
+    repo_id: str, revision: str | None, exc: BaseException, local_files_only: bool | None = None
+) -> CheckpointError:
     """One clear :class:`CheckpointError` naming ``repo_id`` for an error of huggingface_hub."""
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
@@ -77,11 +79,75 @@ def hub_error(repo_id: str, revision: str | None, exc: BaseException) -> Checkpo
     if isinstance(exc, RevisionNotFoundError):
         return CheckpointError(f"Hub repo {repo_id!r} has no revision {revision!r} (no such branch, tag or commit)")
     if isinstance(exc, LocalEntryNotFoundError):
-        return CheckpointError(
-            f"{repo_id!r} is not in the local Hub cache and cannot be downloaded now (local_files_only, "
-            f"HF_HUB_OFFLINE, or the Hub is unreachable); run once online or pass a local folder ({exc})"
-        )
+        offline = is_offline() if local_files_only is None else local_files_only
+        return not_cached_error(repo_id, revision, unreachable=None if offline else exc)
     return CheckpointError(f"downloading {repo_id!r} failed: {exc}")
+
+
+def cache_folder(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The Hub cache that is read: ``cache_dir``, else ``HF_HUB_CACHE`` as huggingface_hub resolved it."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def network_reason(exc: BaseException) -> str:
+    """The network failure behind ``exc`` in a few words (huggingface_hub wraps it in its own error)."""
+    unreachable = network_errors()
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, unreachable):
+        cause = cause.__cause__ or cause.__context__
+    first = cause if cause is not None else exc
+    text = str(first).strip().splitlines()[0] if str(first).strip() else ""
+    return f"{type(first).__name__}: {text}" if text else type(first).__name__
+
+
+def not_cached_error(
+    repo_id: str,
+    revision: str | None,
+    *,
+    unreachable: BaseException | None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> CheckpointError:
+    """The one message for a Hub repo that is not in the cache and cannot be downloaded now.
+
+    ``unreachable`` is the network error when a download was tried, ``None`` when downloading
+    was switched off (``local_files_only``, ``HF_HUB_OFFLINE``). It says how to get the files.
+    """
+    name = f"{repo_id!r}" + (f"@{revision}" if revision else "")
+    cache = cache_folder(cache_dir)
+    if unreachable is None:
+        return CheckpointError(
+            f"{name} is not in the local Hub cache ({cache}) and downloading is switched off (HF_HUB_OFFLINE=1 or "
+            "local_files_only=True / --local-files-only): allow downloads once to fetch it, or pass the path of a "
+            "folder that holds the checkpoint"
+        )
+    return CheckpointError(
+        f"cannot reach the Hub ({network_reason(unreachable)}) and {name} is not in the local Hub cache ({cache}). "
+        "Download it once with network access (then HF_HUB_OFFLINE=1 or local_files_only=True / "
+        "--local-files-only loads it from the cache without trying the network), or pass the path of a folder "
+        "that holds the checkpoint"
+    )
+
+
+def hub_unreachable(repo_id: str, revision: str | None = None, token: str | bool | None = None) -> BaseException | None:
+    """The network error when the Hub cannot be reached now, else ``None``.
+
+    One request and no retries: huggingface_hub's file downloads retry a failed connection for
+    about 25 s, so callers ask this first and go to the cache at once when the Hub is away.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        HfApi(token=token).repo_info(repo_id, revision=revision)
+    except HfHubHTTPError:  # the Hub answered (e.g. no such repo): the download reports it
+        return None
+    except network_errors() as exc:
+        return exc
+    return None
 
 
 def _check_source(path_or_repo: str | os.PathLike[str]) -> tuple[Path | None, str | None]:
@@ -107,7 +173,12 @@ def download_files(repo_id: str, allow_patterns: list[str], **kwargs: Any) -> Pa
     kwargs = {k: v for k, v in kwargs.items() if k != "proxies"}
     try:
         return Path(snapshot_download(repo_id, allow_patterns=allow_patterns, **kwargs))
-    except (HfHubHTTPError, LocalEntryNotFoundError) as exc:
+    except LocalEntryNotFoundError as exc:
+        unreachable = None if kwargs.get("local_files_only") else exc
+        raise not_cached_error(
+            repo_id, kwargs.get("revision"), unreachable=unreachable, cache_dir=kwargs.get("cache_dir")
+        ) from None
+    except HfHubHTTPError as exc:
         raise hub_error(repo_id, kwargs.get("revision"), exc) from None
 
 

@@ -193,7 +193,7 @@ def _fetch(repo_id: str, filename: str, revision: str | None, download: dict[str
     try:
         return Path(hf_hub_download(repo_id, filename, revision=revision, **download))
     except LocalEntryNotFoundError as exc:
-        raise hub_error(repo_id, revision, exc) from None
+        raise hub_error(repo_id, revision, exc, download.get("local_files_only")) from None
     except EntryNotFoundError:
         raise CheckpointError(
             f"Hub repo {repo_id!r} has no {filename} at revision {revision or 'main'!r}"
@@ -390,7 +390,7 @@ def _download(cls: type[Pipeline], repo_id: str, passed: dict[str, Any],
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    from .hub import download_files, hub_error, network_errors
+    from .hub import download_files, hub_error, network_errors, network_reason, not_cached_error
 
     hub = hub_kwargs(
         revision=options.get("revision"), cache_dir=options.get("cache_dir"),
@@ -414,16 +414,12 @@ def _download(cls: type[Pipeline], repo_id: str, passed: dict[str, Any],
     except HfHubHTTPError as exc:
         raise hub_error(repo_id, hub["revision"], exc) from None
     except (LocalEntryNotFoundError, *network_errors()) as exc:
-        logger.warning("cannot reach the Hub (%s: %s); using the cached snapshot of %r", type(exc).__name__, exc,
-                       repo_id)
         try:
             cached = download_files(repo_id, [MODEL_INDEX], **{**hub, "local_files_only": True})
-            return _cached_origin(cached, repo_id, hub["revision"]), None
         except CheckpointError:
-            raise CheckpointError(
-                f"cannot reach the Hub to download {repo_id!r} ({type(exc).__name__}: {exc}) and it is not in the "
-                "local Hub cache"
-            ) from None
+            raise not_cached_error(repo_id, hub["revision"], unreachable=exc, cache_dir=hub["cache_dir"]) from None
+        logger.warning("cannot reach the Hub (%s); using the cached snapshot of %r", network_reason(exc), repo_id)
+        return _cached_origin(cached, repo_id, hub["revision"]), None
     root = index_file.parent
     if root.name != info.sha:
         raise CheckpointError(

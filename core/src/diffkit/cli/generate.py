@@ -127,6 +127,9 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--device", default="auto", metavar="D", help="cpu, cuda, cuda:1, mps... (default: auto)")
     parser.add_argument("--dtype", metavar="T", help="float32, float16, bfloat16 or auto (default: float32)")
     parser.add_argument(
+        "--local-files-only", action="store_true", help="load a Hub repo from the local Hub cache, never the network"
+    )
+    parser.add_argument(
         "--output",
         type=Path,
         metavar="FILE",
@@ -292,7 +295,9 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline import Pipeline
 
     started = time.perf_counter()
-    options = {} if dtype is None else {"torch_dtype": dtype}
+    options: dict[str, Any] = {} if dtype is None else {"torch_dtype": dtype}
+    if args.local_files_only:
+        options["local_files_only"] = True
     try:
         # only the sampling bar: an error after loading stays a single line
         with env_var("DIFFKIT_DISABLE_PROGRESS", "1"):

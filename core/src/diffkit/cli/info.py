@@ -184,9 +184,12 @@ def _hub_file(repo_id: str, args: argparse.Namespace) -> Path:
         RevisionNotFoundError,
     )
 
-    from ..hub import network_errors
+    from ..hub import hub_unreachable, network_errors, not_cached_error
 
     kwargs = _hub_download_options(args)
+    offline_cause = None if kwargs["local_files_only"] else hub_unreachable(repo_id, args.revision, kwargs["token"])
+    if offline_cause is not None:  # the Hub is away: read the cache at once (downloads would retry for ~25 s)
+        args.local_files_only = kwargs["local_files_only"] = True
     unreachable = network_errors()
     first: Exception | None = None
     for filename in (PIPELINE_FILE, *SINGLE_FILES):
@@ -211,15 +214,8 @@ def _hub_file(repo_id: str, args: argparse.Namespace) -> Path:
         except (HfHubHTTPError, OSError, *unreachable) as exc:
             raise CLIError(f"reading {repo_id!r} from the Hub failed: {' '.join(str(exc).split())}") from None
     if isinstance(first, LocalEntryNotFoundError):
-        where = (
-            "in the local Hub cache"
-            if kwargs["local_files_only"]
-            else "in the local Hub cache, and the Hub cannot be reached"
-        )
-        raise CLIError(
-            f"Hub repo {repo_id!r}{'@' + args.revision if args.revision else ''} has no {PIPELINE_FILE} "
-            f"{where}; run once online, or pass a local folder"
-        )
+        cause = offline_cause if kwargs["local_files_only"] else first
+        raise CLIError(str(not_cached_error(repo_id, args.revision, unreachable=cause, cache_dir=args.cache_dir)))
     raise CLIError(
         f"Hub repo {repo_id!r} has no {PIPELINE_FILE} or {' or '.join(SINGLE_FILES)}: is it a diffusers checkpoint?"
     )
