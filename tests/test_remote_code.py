@@ -5,8 +5,8 @@ Hub repo; ``_class_name: [module, Class]`` in a local or Hub checkpoint; a compo
 library is a ``.py`` file of a local or Hub checkpoint. For each: without ``trust_remote_code``
 the code is refused and never runs (each file creates a sentinel file when it is executed),
 with it the pipeline loads and runs, and ``DIFFKIT_DISABLE_REMOTE_CODE=1`` refuses even when
-trusted. A local file the caller names in ``custom_pipeline`` is trusted by that act, so it runs
-without ``trust_remote_code``; the variable still refuses it. Hub cases run against the
+trusted. A local file named in ``custom_pipeline`` is no exception: it needs ``trust_remote_code``
+too, as in diffusers. Hub cases run against the
 loopback Hub of ``hub_server.py`` and assert that refused code is never even downloaded.
 """
 
@@ -132,7 +132,6 @@ class Case:
     load: Any  # (**options) -> pipeline
     sentinel: Path
     code_file: str  # how the refusal names the file
-    trusted_by_caller: bool = False
     expect: str = "gain"  # "gain": RemoteToyPipeline (model(x) * 3); "halving": ToyPipeline with HalvingScheduler
     hub_file: str | None = None  # the file's path in its Hub repo: refused code is never downloaded
 
@@ -143,13 +142,13 @@ def build_case(kind: str, checkpoint: Path, tmp_path: Path, hub_server: Any) -> 
         file = tmp_path / "my_pipeline.py"
         file.write_text(pipeline_code(sentinel))
         return Case(lambda **o: DiffusionPipeline.from_pretrained(checkpoint, custom_pipeline=str(file), **o),
-                    sentinel, str(file), trusted_by_caller=True)
+                    sentinel, str(file))
     if kind == "custom-local-folder":
         folder = tmp_path / "my_pipeline"
         folder.mkdir()
         (folder / "pipeline.py").write_text(pipeline_code(sentinel))
         return Case(lambda **o: DiffusionPipeline.from_pretrained(checkpoint, custom_pipeline=folder, **o),
-                    sentinel, str(folder / "pipeline.py"), trusted_by_caller=True)
+                    sentinel, str(folder / "pipeline.py"))
     if kind == "custom-hub-repo":
         sha = hub_server.add_commit("org/pipe-code", {"pipeline.py": pipeline_code(sentinel).encode()})
         return Case(lambda **o: DiffusionPipeline.from_pretrained(checkpoint, custom_pipeline="org/pipe-code",
@@ -176,8 +175,8 @@ def build_case(kind: str, checkpoint: Path, tmp_path: Path, hub_server: Any) -> 
 
 SOURCES = ["custom-local-file", "custom-local-folder", "custom-hub-repo", "class-name-local", "class-name-hub",
            "component-local", "component-hub"]
-#: the sources that need trust_remote_code (a local custom_pipeline file is trusted by being named)
-GATED = [s for s in SOURCES if not s.startswith("custom-local")]
+#: the sources that need trust_remote_code: all of them
+GATED = SOURCES
 
 
 @pytest.fixture
@@ -192,7 +191,6 @@ def assert_not_fetched(case: Case, hub_server: Any) -> None:
 
 @pytest.mark.parametrize("case", GATED, indirect=True)
 def test_refused_without_trust_remote_code(case, hub_server):
-    assert not case.trusted_by_caller
     with pytest.raises(RemoteCodeError) as caught:
         case.load()
     message = str(caught.value)
@@ -204,8 +202,8 @@ def test_refused_without_trust_remote_code(case, hub_server):
 
 @pytest.mark.parametrize("case", SOURCES, indirect=True)
 def test_runs_with_trust(case):
-    """Gated sources with trust_remote_code=True; a caller-named local file without it."""
-    options = {} if case.trusted_by_caller else {"trust_remote_code": True}
+    """Every source with trust_remote_code=True."""
+    options = {"trust_remote_code": True}
     pipe = case.load(**options)
     assert ran(case.sentinel) == 1
     if case.expect == "gain":
@@ -232,7 +230,7 @@ def test_refused_when_disabled_even_if_trusted(case, monkeypatch, hub_server):
 @pytest.mark.parametrize("case", SOURCES, indirect=True)
 def test_saved_pipeline_keeps_its_code_and_its_gate(case, tmp_path):
     """save_pretrained writes the code file and names it, so the copy loads again, behind the same gate."""
-    pipe = case.load(**({} if case.trusted_by_caller else {"trust_remote_code": True}))
+    pipe = case.load(trust_remote_code=True)
     saved = pipe.save_pretrained(tmp_path / "saved")
     index = json.loads((saved / "model_index.json").read_text())
     if case.expect == "gain":
@@ -308,13 +306,13 @@ def test_checkpoint_code_pinned_by_revision_does_not_warn(checkpoint, tmp_path, 
     assert [r for r in caplog.records if "may change" in r.getMessage() and "org/pinned" in r.getMessage()]
 
 
-def test_caller_named_file_is_logged_at_info(checkpoint, tmp_path, caplog):
+def test_trusted_local_file_is_logged_with_its_sha256(checkpoint, tmp_path, caplog):
     file = tmp_path / "mine.py"
     file.write_text(pipeline_code(tmp_path / "m.ran"))
     caplog.set_level(logging.INFO, logger="diffkit.remote_code")
-    DiffusionPipeline.from_pretrained(checkpoint, custom_pipeline=file)
+    DiffusionPipeline.from_pretrained(checkpoint, custom_pipeline=file, trust_remote_code=True)
     (record,) = [r for r in caplog.records if "running remote code" in r.getMessage()]
-    assert record.levelno == logging.INFO and str(file) in record.getMessage()
+    assert record.levelno == logging.WARNING and str(file) in record.getMessage()
     assert hashlib.sha256(file.read_bytes()).hexdigest() in record.getMessage()
 
 
@@ -374,7 +372,7 @@ def test_malformed_code_gives_an_error_naming_the_file(checkpoint, tmp_path, sou
     file.write_text(source)
     before = set(sys.modules)
     with pytest.raises(RemoteCodeError, match=message) as caught:
-        DiffusionPipeline.from_pretrained(checkpoint, custom_pipeline=file)
+        DiffusionPipeline.from_pretrained(checkpoint, custom_pipeline=file, trust_remote_code=True)
     assert str(file) in str(caught.value)
     left = [m for m in set(sys.modules) - before if m.startswith("diffkit_remote_bad_pipeline")]
     assert len(left) == int(ran_fully), "a module that failed to run must not stay in sys.modules"
@@ -456,14 +454,14 @@ def test_gate_rules(tmp_path, monkeypatch):
     local = CodeSource.local(tmp_path / "f.py")
     hub = CodeSource.hub("org/r", "pipeline.py", "main")
     check_remote_code(local, trust_remote_code=True)
-    check_remote_code(local, trust_remote_code=False, trusted_by_caller=True)
     check_remote_code(hub, trust_remote_code=True)
     with pytest.raises(RemoteCodeError, match="found inside the checkpoint"):
         check_remote_code(local, trust_remote_code=False)
     with pytest.raises(RemoteCodeError, match=r"pipeline.py of Hub repo 'org/r' \(revision 'main'\).*fetched from"):
         check_remote_code(hub, trust_remote_code=False)
-    with pytest.raises(ValueError, match="never trusted by the caller"):
-        check_remote_code(hub, trust_remote_code=False, trusted_by_caller=True)
+    named = CodeSource.local(tmp_path / "f.py", named_by_caller=True)
+    with pytest.raises(RemoteCodeError, match="named by custom_pipeline.*trust_remote_code is not set"):
+        check_remote_code(named, trust_remote_code=False)
     for value, disabled in (("1", True), ("true", True), ("yes", True), ("2", True), ("0", False), ("false", False),
                             ("", False), ("off", False)):
         monkeypatch.setenv(DISABLE, value)
@@ -471,16 +469,16 @@ def test_gate_rules(tmp_path, monkeypatch):
     with pytest.raises(RemoteCodeError, match="trust_remote_code is not set"):
         check_remote_code(local, trust_remote_code="false")  # only a real True is consent
     monkeypatch.setenv(DISABLE, "1")
-    for source, by_caller in ((local, True), (local, False), (hub, False)):
+    for source in (local, named, hub):
         with pytest.raises(RemoteCodeError, match=DISABLE):
-            check_remote_code(source, trust_remote_code=True, trusted_by_caller=by_caller)
+            check_remote_code(source, trust_remote_code=True)
 
 
 def test_pick_class_explicit_name(tmp_path):
     file = tmp_path / "two.py"
     file.write_text("from diffkit import Pipeline\nclass A(Pipeline):\n    pass\nclass B(A):\n    pass\n"
                     "class NotOne:\n    pass\n")
-    module = run_remote_module(CodeSource.local(file), trust_remote_code=False, trusted_by_caller=True)
+    module = run_remote_module(CodeSource.local(file), trust_remote_code=True)
     from diffkit import Pipeline
 
     assert pick_class(module, Pipeline, what=str(file), class_name="B").__name__ == "B"

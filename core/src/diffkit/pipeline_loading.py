@@ -132,8 +132,8 @@ def custom_pipeline_class(custom_pipeline: Any, options: dict[str, Any]) -> type
     """The pipeline class a ``custom_pipeline`` argument names, tried in this order:
 
     an installed pipeline's registered name (no remote code); a local ``.py`` file, or a local
-    folder holding ``pipeline.py`` (trusted because the caller named it); a Hub repo id
-    ``org/name`` holding ``pipeline.py`` at ``custom_revision`` (needs ``trust_remote_code``).
+    folder holding ``pipeline.py``; a Hub repo id ``org/name`` holding ``pipeline.py`` at
+    ``custom_revision``. Files run only through the remote-code gate, with ``trust_remote_code``.
     """
     from .pipeline import Pipeline
 
@@ -150,8 +150,8 @@ def custom_pipeline_class(custom_pipeline: Any, options: dict[str, Any]) -> type
             raise CheckpointError(f"custom_pipeline folder {path} has no {CUSTOM_PIPELINE_FILE}")
         if file.suffix != ".py":
             raise CheckpointError(f"custom_pipeline file {path} is not a .py file")
-        source = CodeSource.local(file)
-        module = run_remote_module(source, trust_remote_code=trust, trusted_by_caller=True)
+        source = CodeSource.local(file, named_by_caller=True)
+        module = run_remote_module(source, trust_remote_code=trust)
         return pick_class(module, Pipeline, what=source.describe())
     if isinstance(custom_pipeline, os.PathLike) or text.endswith(".py"):
         raise CheckpointError(f"custom_pipeline {text!r} does not exist")

@@ -8,9 +8,9 @@ them reach :func:`run_remote_module`, the only place in diffkit that executes su
 Rules, checked in this order every time:
 
 1. ``DIFFKIT_DISABLE_REMOTE_CODE`` set (to anything but ``0``/``false``/``no``/``off``) refuses.
-2. Otherwise the code runs only if ``trust_remote_code=True``, or if the caller named the
-   local file itself (``custom_pipeline="my_pipeline.py"``). Code found inside a checkpoint
-   or fetched from the Hub is never trusted by default.
+2. Otherwise the code runs only if ``trust_remote_code=True``: code found inside a checkpoint,
+   fetched from the Hub, or in a local file named by ``custom_pipeline`` is never trusted by
+   default (diffusers refuses a ``custom_pipeline`` file without it too).
 
 The file is read once; its sha256 is computed from those bytes and exactly those bytes are
 compiled and executed, so what was judged and logged is what runs. Relative imports are not
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from ._env import env_flag
 from .errors import RemoteCodeError
 
 logger = logging.getLogger("diffkit.remote_code")
@@ -39,7 +40,6 @@ logger = logging.getLogger("diffkit.remote_code")
 #: set to ``1`` to refuse every piece of code that no installed package provides
 DISABLE_ENV = "DIFFKIT_DISABLE_REMOTE_CODE"
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
-_FALSY = ("", "0", "false", "no", "off")
 _lock = threading.RLock()
 #: modules already executed in this process, by (sha256, stem): the same bytes are not run twice
 _loaded: dict[tuple[str, str], ModuleType] = {}
@@ -47,7 +47,7 @@ _loaded: dict[tuple[str, str], ModuleType] = {}
 
 def remote_code_disabled() -> bool:
     """Whether ``DIFFKIT_DISABLE_REMOTE_CODE`` forbids remote code (any value but 0/false/no/off)."""
-    return os.environ.get(DISABLE_ENV, "").strip().lower() not in _FALSY
+    return env_flag(DISABLE_ENV, default=False, invalid=True)
 
 
 def is_commit(revision: str | None) -> bool:
@@ -67,10 +67,11 @@ class CodeSource:
     filename: str | None = None
     revision: str | None = None  # as the caller asked for it (None: the default branch)
     commit: str | None = None  # the commit the file comes from, once known
+    named_by_caller: bool = False  # a local file named in custom_pipeline (for messages only: it gives no trust)
 
     @classmethod
-    def local(cls, path: str | os.PathLike[str]) -> CodeSource:
-        return cls(path=Path(path))
+    def local(cls, path: str | os.PathLike[str], *, named_by_caller: bool = False) -> CodeSource:
+        return cls(path=Path(path), named_by_caller=named_by_caller)
 
     @classmethod
     def hub(cls, repo_id: str, filename: str, revision: str | None, commit: str | None = None,
@@ -91,14 +92,12 @@ class CodeSource:
         return f"{self.filename} of Hub repo {self.repo_id!r} ({where})"
 
 
-def check_remote_code(source: CodeSource, *, trust_remote_code: bool, trusted_by_caller: bool = False) -> None:
+def check_remote_code(source: CodeSource, *, trust_remote_code: bool) -> None:
     """Raise :class:`RemoteCodeError` unless the gate's rules let ``source`` run.
 
     Called by :func:`run_remote_module` before anything is read, and by the loader before a
     Hub file is even downloaded, so that refused code never reaches the disk.
     """
-    if trusted_by_caller and source.from_hub:
-        raise ValueError("code fetched from the Hub is never trusted by the caller's act alone")
     what = source.describe()
     if remote_code_disabled():
         raise RemoteCodeError(
@@ -106,9 +105,14 @@ def check_remote_code(source: CodeSource, *, trust_remote_code: bool, trusted_by
             f"package provides, even with trust_remote_code=True. Unset {DISABLE_ENV} to allow it, or install the "
             "pipeline as a package (see docs/community-pipelines.md)."
         )
-    if trust_remote_code is True or trusted_by_caller is True:  # a truthy string such as "false" is no consent
+    if trust_remote_code is True:  # a truthy string such as "false" is no consent
         return
-    origin = "fetched from the Hub" if source.from_hub else "found inside the checkpoint"
+    if source.from_hub:
+        origin = "fetched from the Hub"
+    elif source.named_by_caller:
+        origin = "in a local file named by custom_pipeline"
+    else:
+        origin = "found inside the checkpoint"
     pin = " with revision= pinned to a commit hash" if source.from_hub else ""
     raise RemoteCodeError(
         f"refusing to run {what}: it is code {origin} that no installed package provides, and "
@@ -117,15 +121,14 @@ def check_remote_code(source: CodeSource, *, trust_remote_code: bool, trusted_by
     )
 
 
-def run_remote_module(source: CodeSource, *, trust_remote_code: bool, trusted_by_caller: bool = False) -> ModuleType:
+def run_remote_module(source: CodeSource, *, trust_remote_code: bool) -> ModuleType:
     """Judge ``source`` by the gate's rules, then execute its file as a fresh module and return it.
 
-    ``trusted_by_caller`` is for a local file the caller named explicitly; it never applies
-    to Hub code. Syntax errors, relative imports and errors raised while the module runs give
+    Syntax errors, relative imports and errors raised while the module runs give
     :class:`RemoteCodeError` naming the file. The same bytes are executed once per process.
     """
     with _lock:
-        check_remote_code(source, trust_remote_code=trust_remote_code, trusted_by_caller=trusted_by_caller)
+        check_remote_code(source, trust_remote_code=trust_remote_code)
         if source.path is None:
             raise ValueError(f"{source.describe()} has not been downloaded")
         path = source.path
@@ -141,8 +144,7 @@ def run_remote_module(source: CodeSource, *, trust_remote_code: bool, trusted_by
                 "download. Pin it with revision=%r (or custom_revision= for custom_pipeline).",
                 what, source.commit or "<commit hash>",
             )
-        level = logging.INFO if trusted_by_caller else logging.WARNING
-        logger.log(level, "running remote code %s (sha256 %s)", what, sha256)
+        logger.warning("running remote code %s (sha256 %s)", what, sha256)
         stem = _module_stem(path)
         cached = _loaded.get((sha256, stem))
         if cached is not None:
