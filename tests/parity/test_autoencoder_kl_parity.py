@@ -287,3 +287,24 @@ def test_checkpoint_with_legacy_attention_names_loads(tmp_path):
     ours = AutoencoderKL.from_pretrained(tmp_path)
     images = _images(SD_LIKE, size=(16, 16), seed=1)
     assert _max_diff(ours(images).sample, theirs(images).sample) <= ATOL
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
+@torch.no_grad()
+def test_half_precision_matches(tmp_path, dtype, atol):
+    """Loaded in half precision on the CPU, plain and tiled, both libraries agree (to a few ulps)."""
+    _diffusers_model(TILING).save_pretrained(tmp_path)
+    theirs = diffusers.AutoencoderKL.from_pretrained(tmp_path, torch_dtype=dtype).eval()
+    ours = AutoencoderKL.from_pretrained(tmp_path, torch_dtype=dtype)
+    assert ours.dtype == dtype
+    images = _images(TILING, batch=1, size=(32, 24), seed=8).to(dtype)
+    assert _max_diff(ours(images).sample, theirs(images).sample) <= atol
+    for model in (theirs, ours):
+        _set_tiles(model, 16, 8)
+    expected = theirs.encode(images).latent_dist
+    got = ours.encode(images).latent_dist
+    assert _max_diff(got.mean, expected.mean) <= atol
+    noise_seed = torch.Generator().manual_seed(9)
+    assert _max_diff(got.sample(noise_seed), expected.sample(torch.Generator().manual_seed(9))) <= atol
+    latents = expected.mode()
+    assert _max_diff(ours.decode(latents).sample, theirs.decode(latents).sample) <= atol
