@@ -213,3 +213,24 @@ def test_meta_build_creates_no_real_tensors():
 def test_installed_registry_resolves_the_model(diffkit_installed_registry):
     assert diffkit_installed_registry.get("model", "AutoencoderKL") is AutoencoderKL
     assert diffkit_installed_registry.entry("model", "AutoencoderKL").dist == "diffkit-models-autoencoder"
+
+
+@torch.no_grad()
+def test_concurrent_calls_give_the_sequential_results():
+    """Encoding and decoding keep nothing per call on the model, so threads may share it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = _model()
+    model.enable_tiling()
+    model.tile_sample_min_size, model.tile_latent_min_size = 16, 8
+    inputs = [torch.randn(1, 3, 8 * (i + 1), 24, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        latents = model.encode(images).latent_dist.sample(torch.Generator().manual_seed(images.shape[2]))
+        return model.decode(latents).sample
+
+    sequential = [run(images) for images in inputs]
+    with ThreadPoolExecutor(4) as pool:
+        concurrent = list(pool.map(run, inputs * 2))
+    for got, expected in zip(concurrent, sequential * 2, strict=True):
+        assert torch.equal(got, expected)
