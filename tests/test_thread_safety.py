@@ -108,3 +108,63 @@ def test_interleaved_states_of_one_scheduler_are_independent(pipelines):
     torch.testing.assert_close(together[0], first_alone, rtol=0, atol=0)
     torch.testing.assert_close(together[1], second_alone, rtol=0, atol=0)
     assert not torch.equal(first_alone, second_alone)
+
+
+def test_one_stable_diffusion_pipeline_serves_eight_threads(tmp_path):
+    """Different prompts, seeds, step counts and guidance scales at once: each equals its sequential run."""
+    pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "parity"))
+    from sd_checkpoints import build_diffusers_sd
+
+    from diffkit import DiffusionPipeline
+
+    build_diffusers_sd(tmp_path / "sd")
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "sd")
+    # Euler ancestral: the scheduler state holds sigmas and a step index, and each step draws noise
+    pipe.scheduler = registry.get("scheduler", "EulerAncestralDiscreteScheduler").from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = ["a photo of a cat", "a red dog", "an astronaut riding a horse", "a small house",
+               "a blue sky", "two cats", "a painting of the moon", "a big green tree"]
+    jobs = [
+        dict(prompt=prompts[i], seed=10 + i, steps=2 + i % 3, scale=(1.0, 3.0, 7.5, 12.0)[i % 4],
+             negative=("blurry" if i % 2 else None))
+        for i in range(8)
+    ]
+
+    def call(job: dict) -> np.ndarray:
+        return pipe(
+            job["prompt"], negative_prompt=job["negative"], num_inference_steps=job["steps"],
+            guidance_scale=job["scale"], height=32, width=32, output_type="np",
+            generator=torch.Generator().manual_seed(job["seed"]),
+        ).images
+
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        expected = [call(job) for job in jobs]
+        results: list[np.ndarray | BaseException | None] = [None] * len(jobs)
+        barrier = threading.Barrier(len(jobs))
+
+        def work(index: int) -> None:
+            try:
+                barrier.wait()
+                results[index] = call(jobs[index])
+            except BaseException as exc:  # reported below with the job that raised
+                results[index] = exc
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    finally:
+        torch.set_num_threads(threads_before)
+    for job, got, want in zip(jobs, results, expected, strict=True):
+        assert not isinstance(got, BaseException), f"{job}: {got!r}"
+        assert got is not None, f"{job} did not finish"
+        np.testing.assert_array_equal(got, want, err_msg=str(job))
+    assert len({float(e.sum()) for e in expected}) == len(jobs)  # the jobs really differ
