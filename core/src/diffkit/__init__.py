@@ -1,7 +1,8 @@
 """diffkit: diffusion-model inference with a plugin architecture.
 
 ``import diffkit`` is cheap: it imports neither torch nor any plugin. The public names below
-are loaded on first access (PEP 562).
+are loaded on first access (PEP 562), and so is any pipeline, model or scheduler class an
+installed plugin registers: ``from diffkit import DDIMScheduler`` works as in diffusers.
 """
 
 from __future__ import annotations
@@ -41,16 +42,52 @@ _LAZY: dict[str, tuple[str, str]] = {
 __all__ = sorted(_LAZY) + ["__version__"]
 
 
-def __getattr__(name: str) -> Any:
-    try:
-        module_name, attr = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module 'diffkit' has no attribute {name!r}") from None
-    import importlib
+#: registry kinds that ``from diffkit import Name`` looks in, in this order
+_REGISTERED_KINDS = ("pipeline", "model", "scheduler")
 
-    value = getattr(importlib.import_module(module_name), attr)
+
+def __getattr__(name: str) -> Any:
+    entry = _LAZY.get(name)
+    if entry is not None:
+        import importlib
+
+        value = getattr(importlib.import_module(entry[0]), entry[1])
+    elif name[:1].isupper() and name.isidentifier():
+        value = _registered(name)
+    else:
+        raise AttributeError(f"module 'diffkit' has no attribute {name!r}")
     globals()[name] = value
     return value
+
+
+def _registered(name: str) -> Any:
+    """A pipeline, model or scheduler class by name, as diffusers exports them (``from diffkit import DDIMScheduler``).
+
+    A name no installed plugin provides raises the registry's :class:`ComponentNotFoundError`
+    (a ``LookupError``, so ``from diffkit import X`` shows its install hint rather than a bare
+    ``ImportError``).
+    """
+    from ._registry import registry
+
+    for kind in _REGISTERED_KINDS:
+        if registry.has(kind, name):
+            return registry.get(kind, name)
+    from .errors import ComponentNotFoundError
+
+    misses: list[ComponentNotFoundError] = []
+    for kind in _REGISTERED_KINDS:
+        try:
+            registry.entry(kind, name, context="from diffkit import")
+        except ComponentNotFoundError as exc:
+            misses.append(exc)
+    for miss in misses:  # a kind where registry.toml names a package to install, else a close name
+        if miss.suggested_packages:
+            raise miss
+    for miss in misses:
+        if miss.candidates:
+            raise miss
+    guess = "pipeline" if name.endswith("Pipeline") else "scheduler" if name.endswith("Scheduler") else "model"
+    raise next((m for m in misses if m.kind == guess), misses[0])
 
 
 def __dir__() -> list[str]:

@@ -6,22 +6,12 @@ it (``text_to_image``). Public classes are imported lazily, so importing this pa
 plugin discovery does through ``hooks``) stays cheap.
 """
 
-from __future__ import annotations
+from diffkit.lazy import lazy_exports
 
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "StableDiffusionPipeline": "text_to_image",
-    "StableDiffusionPipelineOutput": "outputs",
-    "StableDiffusionBase": "base",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    extra={
+        "StableDiffusionPipelineOutput": ".outputs",
+        "StableDiffusionBase": ".base",
+    },
+)

@@ -1,1 +1,5 @@
 """diffkit plugin: the Wuerstchen DDPM scheduler (continuous time)."""
+
+from diffkit.lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(__name__)
