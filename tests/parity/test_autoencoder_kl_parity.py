@@ -308,3 +308,31 @@ def test_half_precision_matches(tmp_path, dtype, atol):
     assert _max_diff(got.sample(noise_seed), expected.sample(torch.Generator().manual_seed(9))) <= atol
     latents = expected.mode()
     assert _max_diff(ours.decode(latents).sample, theirs.decode(latents).sample) <= atol
+
+
+#: the published Stable Diffusion VAE configs at full size: 1.x (512), 2.x (768), XL (1024)
+FULL_SIZE = dict(
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+    block_out_channels=[128, 256, 512, 512],
+    layers_per_block=2,
+    latent_channels=4,
+    norm_num_groups=32,
+)
+
+
+@pytest.mark.parametrize("sample_size, scaling_factor", [(512, 0.18215), (768, 0.18215), (1024, 0.13025)])
+def test_full_size_sd_vae_layout_matches(sample_size, scaling_factor):
+    """Built on the meta device (no memory): same keys, shapes and tile sizes as diffusers."""
+    config = dict(FULL_SIZE, sample_size=sample_size, scaling_factor=scaling_factor)
+    with torch.device("meta"):
+        theirs = diffusers.AutoencoderKL(**config)
+        ours = AutoencoderKL(**config)
+    shapes = {k: v.shape for k, v in ours.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in theirs.state_dict().items()}
+    assert sum(shape.numel() for shape in shapes.values()) == 83_653_863
+    assert (ours.tile_sample_min_size, ours.tile_latent_min_size) == (
+        theirs.tile_sample_min_size,
+        theirs.tile_latent_min_size,
+    )
+    assert ours.config.downscale_factor == 8

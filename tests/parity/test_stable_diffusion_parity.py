@@ -100,6 +100,15 @@ GRID = [
     ("unipc", "UniPCMultistepScheduler", {}, {}),
     ("lcm", "LCMScheduler", {}, {"num_inference_steps": 2}),
     ("lms", "LMSDiscreteScheduler", {}, {}),
+    ("euler-karras", "EulerDiscreteScheduler", {"use_karras_sigmas": True}, {}),
+    ("heun", "HeunDiscreteScheduler", {}, {}),
+    ("kdpm2", "KDPM2DiscreteScheduler", {}, {}),
+    ("kdpm2-ancestral", "KDPM2AncestralDiscreteScheduler", {}, {}),
+    ("dpm-sde", "DPMSolverSDEScheduler", {"noise_sampler_seed": 7}, {}),
+    ("dpm-singlestep", "DPMSolverSinglestepScheduler", {}, {}),
+    ("deis", "DEISMultistepScheduler", {}, {}),
+    ("ddpm", "DDPMScheduler", {}, {}),
+    ("tcd", "TCDScheduler", {}, {"num_inference_steps": 2, "eta": 0.3}),
     ("custom-timesteps", "DPMSolverMultistepScheduler", {}, {"timesteps": [999, 601, 211], "num_inference_steps": None}),
     ("custom-sigmas", "EulerDiscreteScheduler", {}, {"sigmas": [14.6, 4.1, 0.9], "num_inference_steps": None}),
     ("output-pt", None, {}, {"output_type": "pt"}),
@@ -120,6 +129,18 @@ def test_images_match_diffusers(checkpoint, scheduler, overrides, call):
     # PIL images are uint8: allow one rounding step where float32 noise sits on a boundary
     _assert_close(expected.images, got.images, atol=1.0 if call.get("output_type") == "pil" else ATOL)
     assert got.nsfw_content_detected is None and expected.nsfw_content_detected is None
+
+
+def test_a_unet_that_embeds_the_guidance_scale_matches(tmp_path):
+    """LCM-distilled UNets (``time_cond_proj_dim``) get the scale as an embedding and no CFG batch."""
+    reference = build_diffusers_sd(tmp_path / "lcm", unet={"time_cond_proj_dim": 8})
+    pipe = _load(tmp_path / "lcm")
+    reference, pipe = _with_scheduler(reference, pipe, "LCMScheduler")
+    expected, got = _run_both(reference, pipe, guidance_scale=6.0, num_inference_steps=2)
+    _assert_close(expected.images, got.images)
+    other = pipe(PROMPT, guidance_scale=2.0, num_inference_steps=2, height=32, width=32, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images
+    assert np.abs(other - got.images).max() > 1e-5  # the scale reaches the UNet
 
 
 def test_the_prompt_changes_the_image(checkpoint):

@@ -150,6 +150,36 @@ class Config(pydantic.BaseModel):
         return type(self).from_dict(data, report_unknown=False, **updates)
 
 
+def _without_rejected_values(
+    config_class: type[Config], data: Mapping[str, Any], overrides: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``data`` from another class's config, less the values ``config_class`` rejects (reported once).
+
+    A key that another family defines more widely (DDPM's ``variance_type='fixed_small'`` where
+    DPM-Solver allows only the learned kinds) must not stop a swap: the target keeps its own
+    default for it, as diffusers' classes ignore values they do not use. Values the caller passes
+    in ``overrides`` are never dropped, so a bad override is still an error naming it.
+    """
+    body = {k: v for k, v in data.items() if not k.startswith("_")}
+    probe = {**body, **{k: v for k, v in overrides.items() if not k.startswith("_")}}
+    try:
+        config_class.model_validate(probe)
+        return dict(data)
+    except pydantic.ValidationError as exc:
+        rejected = {err["loc"][0] for err in exc.errors() if err["loc"]} & (body.keys() - overrides.keys())
+    owner = config_class.owner_name or config_class.__name__
+    key = (f"{owner} (swap)", frozenset(map(str, rejected)))
+    if rejected and key not in _reported:
+        _reported.add(key)
+        logger.warning(
+            "%s: %s from %s are not values it accepts; it uses its own defaults for them",
+            owner,
+            ", ".join(f"{k}={body[k]!r}" for k in sorted(map(str, rejected))),
+            data.get("_class_name") or "the source config",
+        )
+    return {k: v for k, v in data.items() if k not in rejected}
+
+
 class Configurable:
     """Mixin for classes built from a :class:`Config`: models, schedulers, processors."""
 
@@ -179,11 +209,17 @@ class Configurable:
         held as its own defaults are not imposed on the target.
         """
         if isinstance(config, Config):
-            data = config.to_dict(explicit_only=not isinstance(config, cls.config_class))
+            swap = not isinstance(config, cls.config_class)
+            data = config.to_dict(explicit_only=swap)
+            if swap:
+                data = _without_rejected_values(cls.config_class, data, overrides)
             data.pop("_class_name", None)
             built = cls.config_class.from_dict(data, report_unknown=False, **overrides)
         else:
-            built = cls.config_class.from_dict(config or {}, **overrides)
+            data = dict(config or {})
+            if data.get("_class_name", cls.__name__) != cls.__name__:
+                data = _without_rejected_values(cls.config_class, data, overrides)
+            built = cls.config_class.from_dict(data, **overrides)
         return cls(built)  # type: ignore[call-arg]
 
     @classmethod

@@ -10,8 +10,10 @@ thread-safe, the ``plan`` API is.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+import inspect
+import warnings
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 from pydantic import Field, PositiveInt, field_validator
 
@@ -68,8 +70,8 @@ class SchedulerState:
     ) -> SchedulerOutput | tuple[torch.Tensor, ...]:
         raise NotImplementedError
 
-    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        return self.scheduler.add_noise(original, noise, timesteps)
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return self.scheduler.add_noise(original_samples, noise, timesteps)
 
     def __len__(self) -> int:
         return len(self.timesteps)
@@ -115,11 +117,64 @@ KARRAS_COMPATIBLES: tuple[str, ...] = (
 )
 
 
+#: (source, target) class-name pairs already warned about by :meth:`Scheduler.from_config`
+_incompatible_swaps_warned: set[tuple[str, str]] = set()
+
+
+def scheduler_class_name(source: Any) -> str | None:
+    """The scheduler class that wrote ``source``: a scheduler, its class, a config, a mapping or a name."""
+    if isinstance(source, str):
+        return source
+    if isinstance(source, type):
+        return source.__name__
+    if isinstance(source, Scheduler):
+        return type(source).__name__
+    if isinstance(source, Config):
+        return source.meta.get("_class_name") or source.owner_name or None
+    if isinstance(source, Mapping):
+        name = source.get("_class_name")
+        return name if isinstance(name, str) else None
+    return None
+
+
+def compatible_schedulers(source: Any) -> list[str]:
+    """Sorted names of the installed schedulers that accept ``source``'s config.
+
+    ``source`` is what :meth:`Scheduler.is_compatible_with` takes; the CLI lists these when it refuses a swap.
+    """
+    from ._registry import registry
+
+    name = scheduler_class_name(source)
+    if name is None:
+        raise ValueError(f"cannot tell which scheduler wrote {source!r}: it names no _class_name")
+    found = []
+    for candidate in registry.names("scheduler"):
+        cls = registry.get("scheduler", candidate)
+        if isinstance(cls, type) and issubclass(cls, Scheduler) and cls.is_compatible_with(name):
+            found.append(candidate)
+    return found
+
+
+def _set_timesteps_like(plan: Callable[..., Any]) -> Callable[..., None]:
+    """A diffusers-style ``set_timesteps`` whose signature is ``plan``'s (pipelines inspect it)."""
+
+    def set_timesteps(self: Scheduler, *args: Any, **kwargs: Any) -> None:
+        object.__setattr__(self, "_legacy_state", self.plan(*args, **kwargs))
+
+    set_timesteps.__signature__ = inspect.signature(plan).replace(return_annotation=None)  # type: ignore[attr-defined]
+    set_timesteps.__doc__ = "diffusers' ``set_timesteps``: replaces the default run with ``plan(...)``'s."
+    set_timesteps.__qualname__ = plan.__qualname__.rsplit(".", 1)[0] + ".set_timesteps"
+    set_timesteps._mirrors_plan = True  # type: ignore[attr-defined]
+    return set_timesteps
+
+
 class Scheduler(Configurable):
     """Base class of every diffkit scheduler.
 
     Subclasses set ``config_class``, compute their training tables in :meth:`_setup` and
-    implement :meth:`plan`. ``compatibles_names`` mirrors diffusers' ``_compatibles``.
+    implement :meth:`plan`. ``compatibles_names`` is diffusers' ``_compatibles`` of the class of
+    the same name: the schedulers whose configs this one accepts. A subclass that does not write
+    its own ``set_timesteps`` gets one with ``plan``'s signature.
     """
 
     config_class: ClassVar[type[Config]] = Config
@@ -128,6 +183,13 @@ class Scheduler(Configurable):
     compatibles_names: ClassVar[tuple[str, ...]] = ()
 
     _frozen: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        inherited = getattr(cls, "set_timesteps", None)
+        mirrors = inherited is Scheduler.set_timesteps or getattr(inherited, "_mirrors_plan", False)
+        if "plan" in cls.__dict__ and mirrors:
+            cls.set_timesteps = _set_timesteps_like(cls.__dict__["plan"])  # type: ignore[method-assign]
 
     def __init__(self, config: Config | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         self._init_config(config, kwargs)
@@ -151,17 +213,49 @@ class Scheduler(Configurable):
         """A fresh sampling state for one call."""
         raise NotImplementedError
 
-    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """Forward-diffuse ``original`` to ``timesteps``."""
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """Forward-diffuse ``original_samples`` to ``timesteps``."""
         raise NotImplementedError(f"{type(self).__name__} does not define add_noise")
 
     @property
     def compatibles(self) -> list[type[Scheduler]]:
-        """The installed scheduler classes that accept this scheduler's config."""
+        """The installed scheduler classes this one lists as compatible (diffusers' ``compatibles``)."""
         from ._registry import registry
 
         names = sorted({type(self).__name__, *self.compatibles_names})
         return [registry.get("scheduler", n) for n in names if registry.has("scheduler", n)]
+
+    @classmethod
+    def is_compatible_with(cls, source: Any) -> bool:
+        """Whether this class samples correctly from a model trained with ``source``'s scheduler.
+
+        ``source`` is a scheduler, its class, its config (or mapping with ``_class_name``) or a
+        class name. True for the same class, or when this class's ``compatibles_names`` (diffusers'
+        ``_compatibles``) names the source: the target decides which configs it accepts, so an EDM
+        scheduler, which lists none, is not compatible with a DDPM-trained model.
+        """
+        name = scheduler_class_name(source)
+        if name is None:
+            raise ValueError(f"cannot tell which scheduler wrote {source!r}: it names no _class_name")
+        return name == cls.__name__ or name in cls.compatibles_names
+
+    @classmethod
+    def from_config(cls, config: Config | Mapping[str, Any] | None = None, /, **overrides: Any) -> Self:
+        """Build from this class's config or another scheduler's (a swap); warns once per incompatible pair."""
+        source = scheduler_class_name(config) if config is not None else None
+        if source is not None and not cls.is_compatible_with(source):
+            pair = (source, cls.__name__)
+            if pair not in _incompatible_swaps_warned:
+                _incompatible_swaps_warned.add(pair)
+                listed = ", ".join(compatible_schedulers(source)) or "none installed"
+                warnings.warn(
+                    f"{cls.__name__} does not list {source} among the schedulers whose configs it accepts "
+                    f"(diffusers' _compatibles): unless the model was trained or distilled for {cls.__name__}, "
+                    f"its samples may be noise. Schedulers that accept a {source} config: {listed}",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        return super().from_config(config, **overrides)
 
     # -- diffusers-style surface over one default state -------------------------------
     def _state(self) -> SchedulerState:
@@ -203,8 +297,16 @@ class Scheduler(Configurable):
             return sample
         return self._legacy_state.scale_model_input(sample, timestep)
 
-    def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        return self._state().step(model_output, timestep, sample, *args, **kwargs)
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: Any,
+        sample: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        return_dict: bool = True,
+    ) -> SchedulerOutput | tuple[torch.Tensor, ...]:
+        """diffusers' ``step`` on the default run (subclasses with more step options override it)."""
+        return self._state().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
 
     def __len__(self) -> int:
         return int(getattr(self.config, "num_train_timesteps", 0))

@@ -404,6 +404,14 @@ def view_position(timestep: torch.Tensor, timesteps: torch.Tensor) -> int | None
     return i if rest == 0 and 0 <= i < timesteps.shape[0] else None
 
 
+def listed_after(timesteps: torch.Tensor, position: int) -> torch.Tensor:
+    """The timestep listed after ``position``, a 0-d tensor; ``tensor(-1)`` after the last.
+
+    diffusers' ``previous_timestep`` of a planned run.
+    """
+    return timesteps[position + 1] if position + 1 < len(timesteps) else torch.tensor(-1)
+
+
 def timestep_value(timestep: object, timesteps: torch.Tensor, host_timesteps: Sequence[int]) -> int:
     """``timestep`` as a Python int, without a device read when it is an element of ``timesteps``."""
     if isinstance(timestep, torch.Tensor):

@@ -194,14 +194,14 @@ class CMState(SchedulerState):
         self.step_index = i + 1
         return CMStochasticIterativeSchedulerOutput(prev_sample=denoised) if return_dict else (denoised,)
 
-    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """``x + σ·z`` at the levels of ``timesteps`` (or of the current/begin step, as in diffusers)."""
         if self.begin_index is None:
             indices = [self.index_for_timestep(t) for t in timesteps.reshape(-1)]
         else:
             indices = [self.step_index if self.step_index is not None else self.begin_index] * timesteps.shape[0]
-        sigma = self.sigmas.to(device=original.device, dtype=original.dtype)[indices]
-        return original + noise * sigma.reshape(-1, *([1] * (original.ndim - 1)))
+        sigma = self.sigmas.to(device=original_samples.device, dtype=original_samples.dtype)[indices]
+        return original_samples + noise * sigma.reshape(-1, *([1] * (original_samples.ndim - 1)))
 
 
 class CMStochasticIterativeScheduler(Scheduler):
@@ -296,5 +296,5 @@ class CMStochasticIterativeScheduler(Scheduler):
         """diffusers' ``step`` on the default state."""
         return self._state().step(model_output, timestep, sample, generator, return_dict)
 
-    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        return self._state().add_noise(original, noise, timesteps)
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return self._state().add_noise(original_samples, noise, timesteps)

@@ -221,8 +221,8 @@ class DDIMScheduler(Scheduler):
             variance_noise=variance_noise,
         )
 
-    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        return S.add_noise(self.alphas_cumprod, original, noise, timesteps)
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return S.add_noise(self.alphas_cumprod, original_samples, noise, timesteps)
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The v-prediction training target."""

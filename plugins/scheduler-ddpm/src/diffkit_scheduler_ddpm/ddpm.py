@@ -96,10 +96,14 @@ class DDPMState(SchedulerState):
         except KeyError:
             raise ValueError(f"timestep {t} is not one of this run's timesteps") from None
 
-    def previous_timestep(self, timestep: Any) -> int:
-        """The timestep a step from ``timestep`` lands on; ``-1`` after the last."""
-        i = self._index(timestep) + 1
-        return self._host[i] if i < len(self._host) else -1
+    def previous_timestep(self, timestep: Any) -> Any:
+        """The timestep a step from ``timestep`` lands on, a 0-d tensor (``-1`` after the last).
+
+        Before any plan (the whole training chain) it is ``timestep - 1``, of the type given, as in diffusers.
+        """
+        if self.num_inference_steps is None:
+            return timestep - 1  # the whole training chain, in the type given
+        return S.listed_after(self.timesteps, self._index(timestep))
 
     def step(
         self,
@@ -205,12 +209,12 @@ class DDPMScheduler(Scheduler):
         ts = S.spaced_timesteps(cfg.timestep_spacing, n_train, num_inference_steps, cfg.steps_offset)
         return DDPMState(self, ts, num_inference_steps, device)
 
-    def previous_timestep(self, timestep: Any) -> int:
+    def previous_timestep(self, timestep: Any) -> Any:
         """diffusers' ``previous_timestep``, on the timesteps of the last ``set_timesteps``."""
         return self._state().previous_timestep(timestep)  # type: ignore[attr-defined]
 
-    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        return S.add_noise(self.alphas_cumprod, original, noise, timesteps)
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return S.add_noise(self.alphas_cumprod, original_samples, noise, timesteps)
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The v-prediction training target."""

@@ -115,6 +115,6 @@ class VPSolverScheduler(Scheduler):
         """The sigmas of the default state (the training σ table before ``set_timesteps``)."""
         return self._state().sigmas  # type: ignore[attr-defined]
 
-    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Forward-diffuse to ``timesteps`` of the default state's run (``α·x0 + σ_t·ε``)."""
-        return self._state().add_noise(original, noise, timesteps)
+        return self._state().add_noise(original_samples, noise, timesteps)

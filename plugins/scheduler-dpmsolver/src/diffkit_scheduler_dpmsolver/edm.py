@@ -107,10 +107,10 @@ class EDMDPMSolverMultistepState(DPMSolverMultistepState):
         )
         return S.bound_x0(x0, self._threshold, None)
 
-    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """``x0 + σ·ε`` at the sigmas of ``timesteps`` in this run (or at the begin/current step)."""
-        sigma = self.sigmas.to(device=original.device, dtype=original.dtype)[self._sigma_indices(timesteps)]
-        return original + noise * broadcast_to(sigma, original.ndim)
+        sigma = self.sigmas.to(device=original_samples.device, dtype=original_samples.dtype)[self._sigma_indices(timesteps)]
+        return original_samples + noise * broadcast_to(sigma, original_samples.ndim)
 
 
 class EDMDPMSolverMultistepScheduler(Scheduler):
@@ -176,8 +176,8 @@ class EDMDPMSolverMultistepScheduler(Scheduler):
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
         return self._state().scale_model_input(sample, timestep)
 
-    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        return self._state().add_noise(original, noise, timesteps)
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return self._state().add_noise(original_samples, noise, timesteps)
 
     def precondition_inputs(self, sample: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
         """``c_in(σ)·x``."""

@@ -204,11 +204,11 @@ class DPMSolverMultistepState(SolverState):
         self.step_index = i + 1
         return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
 
-    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """``α·x0 + σ_t·ε`` at the sigmas of ``timesteps`` in this run (or at the begin/current step)."""
-        sigma = self.sigmas.to(device=original.device, dtype=original.dtype)[self._sigma_indices(timesteps)]
-        alpha, sigma_t = self.scheduler.alpha_sigma(broadcast_to(sigma, original.ndim))  # type: ignore[attr-defined]
-        return alpha * original + sigma_t * noise
+        sigma = self.sigmas.to(device=original_samples.device, dtype=original_samples.dtype)[self._sigma_indices(timesteps)]
+        alpha, sigma_t = self.scheduler.alpha_sigma(broadcast_to(sigma, original_samples.ndim))  # type: ignore[attr-defined]
+        return alpha * original_samples + sigma_t * noise
 
 
 class DPMSolverMultistepScheduler(VPSolverScheduler):

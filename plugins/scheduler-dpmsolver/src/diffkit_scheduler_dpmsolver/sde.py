@@ -158,10 +158,10 @@ class DPMSolverSDEState(SolverState):
         self.step_index = i + 1
         return SchedulerOutput(prev_sample=prev, pred_original_sample=x0) if return_dict else (prev, x0)
 
-    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """``x0 + σ·ε`` at the sigmas of ``timesteps`` in this run (or at the begin/current step)."""
-        sigma = self.sigmas.to(device=original.device, dtype=original.dtype)[self._sigma_indices(timesteps)]
-        return original + noise * broadcast_to(sigma, original.ndim)
+        sigma = self.sigmas.to(device=original_samples.device, dtype=original_samples.dtype)[self._sigma_indices(timesteps)]
+        return original_samples + noise * broadcast_to(sigma, original_samples.ndim)
 
 
 class DPMSolverSDEScheduler(Scheduler):
@@ -236,5 +236,5 @@ class DPMSolverSDEScheduler(Scheduler):
         """diffusers' ``step``, argument order included, on the default run."""
         return self._state().step(model_output, timestep, sample, None, return_dict, s_noise=s_noise)  # type: ignore[call-arg]
 
-    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        return self._state().add_noise(original, noise, timesteps)
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return self._state().add_noise(original_samples, noise, timesteps)

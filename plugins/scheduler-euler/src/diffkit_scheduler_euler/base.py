@@ -86,7 +86,7 @@ class SigmaState(SchedulerState):
         sigmas: torch.Tensor,
         num_inference_steps: int | None,
         device: Any = None,
-        init_noise_sigma: float | None = None,
+        init_noise_sigma: float | torch.Tensor | None = None,
     ) -> None:
         on_device = timesteps.to(device) if device is not None else timesteps
         if init_noise_sigma is None:
@@ -147,17 +147,17 @@ class SigmaState(SchedulerState):
         return IndexError(f"{self.owner}: step index {i} is past the end of this run ({len(self.timesteps)} timesteps)")
 
     # -- forward process ---------------------------------------------------------------
-    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """``x0 + σ·ε`` with σ at ``timesteps`` (the begin or current step once either is known)."""
         steps = torch.as_tensor(timesteps).reshape(-1)
         if self.begin_index is None:
             indices = [self.index_for_timestep(t) for t in steps]
         else:
             indices = [self.step_index if self.step_index is not None else self.begin_index] * steps.shape[0]
-        sigma = self.sigmas.to(device=original.device, dtype=original.dtype)[indices]
-        sigma = sigma.reshape(-1, *([1] * (original.ndim - 1)))
+        sigma = self.sigmas.to(device=original_samples.device, dtype=original_samples.dtype)[indices]
+        sigma = sigma.reshape(-1, *([1] * (original_samples.ndim - 1)))
         # x = x0 + σ·ε
-        return original + noise * sigma
+        return original_samples + noise * sigma
 
 
 class SigmaScheduler(Scheduler):
@@ -221,19 +221,18 @@ class SigmaScheduler(Scheduler):
         sigmas = K.sigma_schedule(kind, sigmas, num_steps, lo, hi)
         return sigmas, K.sigma_to_t(sigmas, self._log_sigmas)
 
-    def noise_sigma_for(self, sigmas: torch.Tensor) -> float:
-        """The initial-noise multiplier: ``σ_max``, or ``√(σ_max²+1)`` with ``leading`` spacing."""
+    def noise_sigma_for(self, sigmas: torch.Tensor) -> torch.Tensor:
+        """The initial-noise multiplier: ``σ_max``, or ``√(σ_max²+1)`` with ``leading`` spacing.
+
+        A 0-d tensor on the sigmas' device, as diffusers gives (code calls ``.to()`` on it).
+        """
         top = sigmas.max()
         if self.config.timestep_spacing in ("linspace", "trailing"):
-            return float(top)
+            return top
         # √(σ_max²+1)
-        return float((top**2 + 1) ** 0.5)
+        return (top**2 + 1) ** 0.5
 
-    # -- the diffusers-style surface ---------------------------------------------------
-    def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
-        """diffusers' ``set_timesteps``, with its argument order: replaces the default run."""
-        object.__setattr__(self, "_legacy_state", self.plan(*args, **kwargs))
-
+    # -- the diffusers-style surface (``set_timesteps`` mirrors each subclass's ``plan``) --
     @property
     def sigmas(self) -> torch.Tensor:
         return self._state().sigmas  # type: ignore[attr-defined]
@@ -241,8 +240,8 @@ class SigmaScheduler(Scheduler):
     def index_for_timestep(self, timestep: Any, schedule_timesteps: torch.Tensor | None = None) -> int:
         return self._state().index_for_timestep(timestep, schedule_timesteps)  # type: ignore[attr-defined]
 
-    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        return self._state().add_noise(original, noise, timesteps)
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return self._state().add_noise(original_samples, noise, timesteps)
 
 
 def as_float_array(values: Sequence[float] | torch.Tensor | np.ndarray, name: str) -> np.ndarray:

@@ -254,8 +254,8 @@ class EDMEulerScheduler(Scheduler):
             pred_original_sample,
         )
 
-    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        return self._state().add_noise(original, noise, timesteps)
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return self._state().add_noise(original_samples, noise, timesteps)
 
     def index_for_timestep(self, timestep: Any, schedule_timesteps: torch.Tensor | None = None) -> int:
         return self._state().index_for_timestep(timestep, schedule_timesteps)  # type: ignore[attr-defined]

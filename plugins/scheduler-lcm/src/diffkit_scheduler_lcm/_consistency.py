@@ -228,14 +228,14 @@ class ConsistencyState(SchedulerState):
             raise ValueError(f"timestep must lie in [0, {n_train}), got {value}")
         return value, self._position.get(value)
 
-    def previous_timestep(self, timestep: Any) -> int:
-        """The listed timestep after ``timestep``; ``-1`` after the last (``t - 1`` before any plan)."""
+    def previous_timestep(self, timestep: Any) -> Any:
+        """The listed timestep after ``timestep``, a 0-d tensor (``-1`` after the last); ``t - 1`` before any plan."""
         value, i = self._locate(timestep)
         if self.num_inference_steps is None:
-            return value - 1
+            return timestep - 1  # the whole training chain, in the type given
         if i is None:
             raise ValueError(f"timestep {value} is not one of this run's timesteps")
-        return self._host[i + 1] if i < self._last else -1
+        return S.listed_after(self.timesteps, i)
 
 
 class ConsistencyScheduler(Scheduler):
@@ -291,12 +291,12 @@ class ConsistencyScheduler(Scheduler):
         state = self.plan(num_inference_steps, device, original_inference_steps, timesteps, strength)
         object.__setattr__(self, "_legacy_state", state)
 
-    def previous_timestep(self, timestep: Any) -> int:
+    def previous_timestep(self, timestep: Any) -> Any:
         """diffusers' ``previous_timestep`` on the timesteps of the last ``set_timesteps``."""
         return self._state().previous_timestep(timestep)  # type: ignore[attr-defined]
 
-    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        return S.add_noise(self.alphas_cumprod, original, noise, timesteps)
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return S.add_noise(self.alphas_cumprod, original_samples, noise, timesteps)
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The v-prediction training target."""

@@ -286,5 +286,5 @@ class PNDMScheduler(Scheduler):
     def counter(self) -> int:
         return self._state().counter  # type: ignore[attr-defined]
 
-    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        return S.add_noise(self.alphas_cumprod, original, noise, timesteps)
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return S.add_noise(self.alphas_cumprod, original_samples, noise, timesteps)

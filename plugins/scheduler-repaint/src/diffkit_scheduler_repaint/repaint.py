@@ -293,5 +293,5 @@ class RePaintScheduler(Scheduler):
         """diffusers' ``undo_step`` on the default state."""
         return self._state().undo_step(sample, timestep, generator)  # type: ignore[attr-defined]
 
-    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError("RePaintScheduler does not add noise for training; use DDPMScheduler.add_noise")

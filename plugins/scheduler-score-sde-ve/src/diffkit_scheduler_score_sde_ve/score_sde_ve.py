@@ -176,12 +176,13 @@ class ScoreSdeVeState(SchedulerState):
         return SchedulerOutput(prev_sample=prev_sample) if return_dict else (prev_sample,)
 
     def add_noise(
-        self, original: torch.Tensor, noise: torch.Tensor | None, timesteps: torch.Tensor
+        self, original_samples: torch.Tensor, noise: torch.Tensor | None, timesteps: torch.Tensor
     ) -> torch.Tensor:
         """``x + σ_k·z`` for ladder indices ``timesteps``; ``noise=None`` draws ``z``."""
-        sigmas = _per_sample(self.discrete_sigmas.to(original.device)[timesteps.to(original.device)], original.ndim)
-        noise = torch.randn_like(original) if noise is None else noise
-        return noise * sigmas + original
+        device = original_samples.device
+        sigmas = _per_sample(self.discrete_sigmas.to(device)[timesteps.to(device)], original_samples.ndim)
+        noise = torch.randn_like(original_samples) if noise is None else noise
+        return noise * sigmas + original_samples
 
 
 class ScoreSdeVeScheduler(Scheduler):
@@ -281,6 +282,6 @@ class ScoreSdeVeScheduler(Scheduler):
         return self._state().step_correct(model_output, sample, generator, return_dict)  # type: ignore[attr-defined]
 
     def add_noise(
-        self, original: torch.Tensor, noise: torch.Tensor | None, timesteps: torch.Tensor
+        self, original_samples: torch.Tensor, noise: torch.Tensor | None, timesteps: torch.Tensor
     ) -> torch.Tensor:
-        return self._state().add_noise(original, noise, timesteps)
+        return self._state().add_noise(original_samples, noise, timesteps)

@@ -196,5 +196,5 @@ class UnCLIPScheduler(Scheduler):
             model_output, timestep, sample, generator, return_dict, prev_timestep=prev_timestep
         )
 
-    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        return S.add_noise(self.alphas_cumprod, original, noise, timesteps)
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return S.add_noise(self.alphas_cumprod, original_samples, noise, timesteps)

@@ -224,8 +224,8 @@ class DDPMWuerstchenScheduler(Scheduler):
         """diffusers' ``previous_timestep`` on the times of the last ``set_timesteps``."""
         return self._state().previous_timestep(timestep)  # type: ignore[attr-defined]
 
-    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Forward diffusion to times ``timesteps`` (one per batch item)."""
-        ab = self.alpha_cumprod(timesteps.to(original.device)).view(-1, *([1] * (original.ndim - 1)))
+        ab = self.alpha_cumprod(timesteps.to(original_samples.device)).view(-1, *([1] * (original_samples.ndim - 1)))
         # x_t = √ᾱ_t·x0 + √(1-ᾱ_t)·ε
-        return (ab.sqrt() * original + (1 - ab).sqrt() * noise).to(original.dtype)
+        return (ab.sqrt() * original_samples + (1 - ab).sqrt() * noise).to(original_samples.dtype)
