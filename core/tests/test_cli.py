@@ -160,6 +160,7 @@ def test_plugins_json(reg, capsys):
             "version": "1.2.3",
             "status": "loaded",
             "error": None,
+            "problems": [],
             "hook_module": "toy_hooks",
             "provides": {"pipeline": ["ToyPipeline"], "model": ["ToyModel"], "scheduler": ["ToyScheduler"]},
         }
@@ -304,12 +305,13 @@ def test_list_json(reg, capsys):
 
 
 def test_list_shows_conflicting_names(reg, capsys, lenient):
-    reg.register_plugin(TOY, dist="diffkit-toy", version="1.0")
+    # two third-party packages (a first-party one would win the name)
+    reg.register_plugin(TOY, dist="diffkit-toy-fork", version="1.0")
     reg.register_plugin(make_plugin(pipeline={"ToyPipeline": "other.mod:ToyPipeline"}), dist="diffkit-other")
     code, out, _ = run(capsys, "list", "pipelines")
     assert code == 0
     row = next(line for line in out.splitlines() if "ToyPipeline" in line)
-    assert "CONFLICT" in row and "diffkit-toy 1.0" in row and "diffkit-other" in row
+    assert "CONFLICT" in row and "diffkit-toy-fork 1.0" in row and "diffkit-other" in row
 
 
 # -- info --------------------------------------------------------------------------------
@@ -434,7 +436,7 @@ def test_info_transformers_model_folder_goes_to_its_component_loader(reg, capsys
 
 
 def test_info_conflicting_providers_are_reported(reg, capsys, tmp_path, lenient):
-    reg.register_plugin(TOY, dist="diffkit-toy", version="1.0")
+    reg.register_plugin(TOY, dist="diffkit-toy-fork", version="1.0")  # third-party, as diffkit-other
     reg.register_plugin(make_plugin(model={"ToyModel": "other.mod:ToyModel"}), dist="diffkit-other", version="2.0")
     folder = write_index(tmp_path / "ckpt", {"_class_name": "ToyPipeline", "unet": ["diffusers", "ToyModel"]})
     code, out, _ = run(capsys, "info", str(folder))
@@ -443,7 +445,7 @@ def test_info_conflicting_providers_are_reported(reg, capsys, tmp_path, lenient)
     assert row.endswith("CONFLICT")
     assert "Missing or ambiguous (1):" in out
     assert "model 'ToyModel' is registered by more than one plugin" in out
-    assert "diffkit-toy 1.0" in out and "diffkit-other 2.0" in out
+    assert "diffkit-toy-fork 1.0" in out and "diffkit-other 2.0" in out
     (unet,) = json.loads(run(capsys, "info", str(folder), "--json")[1])["components"]
     assert unet["status"] == "conflict"
 

@@ -3,8 +3,10 @@
 Built lazily on first use (never at ``import diffkit``). Each plugin distribution declares
 one entry point in the group ``diffkit``; its hook module registers ``"module:Attr"``
 strings through a ``register`` callback. Resolving a name imports exactly the module that
-defines it. One broken plugin never breaks the others: its error is recorded on its
-:class:`PluginInfo`, and raised only under ``DIFFKIT_STRICT_PLUGINS=1``.
+defines it. One broken plugin never breaks the others: its error (an exception at import,
+``sys.exit()`` included, a raising hook, a name that a first-party plugin already provides) is
+recorded on its :class:`PluginInfo`, shown by ``diffkit plugins``, and raised only under
+``DIFFKIT_STRICT_PLUGINS=1``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib
+import logging
 import os
 import re
 import threading
@@ -22,7 +25,12 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
+from ._env import env_flag
 from .errors import DuplicateNameError, PluginError
+
+logger = logging.getLogger("diffkit.plugins")
+#: what a plugin may raise without taking the process down: ``sys.exit()`` in a hook module is a plugin bug
+_PLUGIN_FAILURES = (Exception, SystemExit)
 
 #: kind -> the hook that registers names of that kind
 KINDS: dict[str, str] = {
@@ -48,14 +56,33 @@ def normalize_dist(name: str) -> str:
 
 
 def _env_list(var: str) -> set[str] | None:
+    """The distribution names of a comma-separated list variable, spaces stripped; ``None`` when unset."""
     value = os.environ.get(var)
     if value is None:
         return None
-    return {normalize_dist(item) for item in value.split(",") if item.strip()}
+    return {normalize_dist(item.strip()) for item in value.split(",") if item.strip()}
+
+
+def _match_names(var: str, names: set[str] | None, installed: set[str]) -> set[str] | None:
+    """``names`` with ``models-unet`` read as ``diffkit-models-unet``; names that match nothing warn."""
+    if names is None:
+        return None
+    matched = set()
+    for name in sorted(names):
+        if name in installed:
+            matched.add(name)
+        elif f"diffkit-{name}" in installed:
+            matched.add(f"diffkit-{name}")
+        else:
+            close = difflib.get_close_matches(name, sorted(installed), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f" (installed: {', '.join(sorted(installed)) or 'none'})"
+            logger.warning("%s names %r, which is not an installed plugin distribution%s", var, name, hint)
+    return matched
 
 
 def strict_plugins() -> bool:
-    return os.environ.get("DIFFKIT_STRICT_PLUGINS", "") not in ("", "0", "false", "False")
+    """``DIFFKIT_STRICT_PLUGINS``: plugin errors become exceptions (on/off values as every switch)."""
+    return env_flag("DIFFKIT_STRICT_PLUGINS", default=False)
 
 
 @dataclass(frozen=True)
@@ -84,6 +111,15 @@ class PluginInfo:
     status: str = "loaded"  # loaded | failed | disabled
     error: str | None = None
     provides: dict[str, list[str]] = field(default_factory=dict)
+    #: what went wrong after it loaded (a raising hook, a name it may not take); it keeps working otherwise
+    problems: list[str] = field(default_factory=list)
+
+    def add_problem(self, message: str) -> bool:
+        """Record ``message`` once; whether it is new."""
+        if message in self.problems:
+            return False
+        self.problems.append(message)
+        return True
 
 
 @dataclass
@@ -127,8 +163,7 @@ class Registry:
     def _load_entry_points(self, state: _State) -> None:
         from importlib.metadata import entry_points
 
-        allow = _env_list("DIFFKIT_LOAD_PLUGINS")
-        deny = _env_list("DIFFKIT_DISABLE_PLUGINS") or set()
+        found = []
         for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.value):
             meta = ep.dist.metadata if ep.dist else None  # parsed once: .name and .version would parse it twice
             dist_name = normalize_dist(meta["Name"] if meta else ep.name)
@@ -137,6 +172,12 @@ class Registry:
                 continue
             info = PluginInfo(dist=dist_name, version=version, hook_module=ep.value)
             state.plugins[dist_name] = info
+            found.append((ep, info))
+        installed = set(state.plugins)
+        allow = _match_names("DIFFKIT_LOAD_PLUGINS", _env_list("DIFFKIT_LOAD_PLUGINS"), installed)
+        deny = _match_names("DIFFKIT_DISABLE_PLUGINS", _env_list("DIFFKIT_DISABLE_PLUGINS"), installed) or set()
+        for ep, info in found:
+            dist_name = info.dist
             if (allow is not None and dist_name not in allow) or dist_name in deny:
                 info.status = "disabled"
                 var = "DIFFKIT_DISABLE_PLUGINS" if dist_name in deny else "DIFFKIT_LOAD_PLUGINS"
@@ -144,7 +185,7 @@ class Registry:
                 continue
             try:
                 module = ep.load()
-            except Exception as exc:  # a broken plugin must not break the others
+            except _PLUGIN_FAILURES as exc:  # a broken plugin must not break the others
                 self._fail(info, f"import of {ep.value!r} failed: {_describe(exc)}", exc)
                 continue
             self._add_to_pm(state, module, info)
@@ -197,12 +238,40 @@ class Registry:
                     continue
                 else:
                     conflicts.setdefault((entry.kind, entry.name), [existing]).append(entry)
-        for (kind, name), clash in conflicts.items():
+        for (kind, name), clash in list(conflicts.items()):
             entries[kind].pop(name, None)
             if strict_plugins():
                 raise _duplicate_error(kind, name, clash)
+            first = [e for e in clash if _first_party(e.dist)]
+            if len(first) == 1:  # a first-party name cannot be knocked out by a third-party package
+                entries[kind][name] = first[0]
+                del conflicts[(kind, name)]
+                for other in clash:
+                    if other is not first[0] and other.dist in state.plugins:
+                        state.plugins[other.dist].add_problem(
+                            f"registers {kind} {name!r}, which first-party {first[0].dist} provides: ignored. "
+                            f"To use this one, disable {first[0].dist} with DIFFKIT_DISABLE_PLUGINS"
+                        )
         state.entries = entries
         state.conflicts = conflicts
+
+    def notify_pipeline_loaded(self, pipeline: Any, source: str) -> None:
+        """Call every ``pipeline_loaded`` hook; one that raises is recorded (strict mode: raised), not fatal."""
+        state = self._ensure()
+        arguments = {"pipeline": pipeline, "source": source}
+        for impl in reversed(state.pm.hook.pipeline_loaded.get_hookimpls()):
+            try:
+                impl.function(*[arguments[name] for name in impl.argnames])
+            except _PLUGIN_FAILURES as exc:
+                message = f"its pipeline_loaded hook raised {_describe(exc)}"
+                if strict_plugins():
+                    raise PluginError(
+                        f"plugin {impl.plugin_name!r}: {message} (DIFFKIT_STRICT_PLUGINS=1 turns plugin errors into "
+                        "exceptions)"
+                    ) from exc
+                info = state.plugins.get(impl.plugin_name)
+                if info is None or info.add_problem(message):
+                    logger.warning("plugin %r: %s; ignored (see diffkit plugins)", impl.plugin_name, message)
 
     def _registrations_of(
         self, pm: pluggy.PluginManager, plugin: object, info: PluginInfo
@@ -226,7 +295,7 @@ class Registry:
 
             try:
                 hook_impl(register=register)
-            except Exception as exc:
+            except _PLUGIN_FAILURES as exc:
                 self._fail(info, f"{hook_name} raised {_describe(exc)}", exc)
                 return None
         return found
@@ -347,7 +416,7 @@ def resolve_target(entry: Entry) -> Any:
     module_name, _, attr_path = entry.target.partition(":")
     try:
         obj: Any = importlib.import_module(module_name)
-    except Exception as exc:
+    except _PLUGIN_FAILURES as exc:
         raise PluginError(
             f"{entry.kind} {entry.name!r} from plugin {entry.dist!r}: importing {module_name!r} failed: "
             f"{_describe(exc)}"
@@ -361,6 +430,13 @@ def resolve_target(entry: Entry) -> Any:
                 f"(module {module_name!r} has no attribute {part!r})"
             ) from None
     return obj
+
+
+def _first_party(dist: str) -> bool:
+    from ._index import read_index
+
+    package = read_index().get(dist)
+    return package is not None and package.first_party
 
 
 def _duplicate_error(kind: str, name: str, clash: list[Entry]) -> DuplicateNameError:

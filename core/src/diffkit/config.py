@@ -27,6 +27,9 @@ logger = logging.getLogger("diffkit.config")
 DIFFUSERS_FORMAT_VERSION = "0.42.1"
 
 _reported: set[tuple[str, frozenset[str]]] = set()
+#: fields that size a table built at construction, with their largest sane value: a file saying
+#: ``num_train_timesteps: 1e10`` must be an error naming it, not a 40 GB allocation
+SIZE_LIMITS = {"num_train_timesteps": 1_000_000}
 
 
 def _format_validation_error(exc: pydantic.ValidationError, owner: str, source: str | None) -> str:
@@ -90,6 +93,13 @@ class Config(pydantic.BaseModel):
             config = cls.model_validate(body)
         except pydantic.ValidationError as exc:
             raise ConfigError(_format_validation_error(exc, owner, where)) from None
+        for name, limit in SIZE_LIMITS.items():
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > limit:
+                raise ConfigError(
+                    f"invalid configuration\n{where or owner}: field {name!r} of {owner}: got {value!r}; it must be at "
+                    f"most {limit:_} (tables of that many entries are built from it)"
+                )
         config._meta.update(meta)
         return config
 

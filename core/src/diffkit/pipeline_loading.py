@@ -307,7 +307,7 @@ def load_pipeline(cls: type[Pipeline], source: str | os.PathLike[str], **kwargs:
     if isinstance(index.get("_diffusers_version"), str):
         meta["_diffusers_version"] = index["_diffusers_version"]
     pipe._index_meta.update(meta)
-    registry.hook.pipeline_loaded(pipeline=pipe, source=str(source))
+    registry.notify_pipeline_loaded(pipe, str(source))
     return pipe
 
 

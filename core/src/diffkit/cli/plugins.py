@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
                     "version": info.version,
                     "status": info.status,
                     "error": info.error,
+                    "problems": list(info.problems),
                     "hook_module": info.hook_module,
                     "provides": {kind: sorted(names) for kind, names in info.provides.items() if names},
                 }
@@ -65,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         rows.append([info.dist, info.version or "-", info.status, provides or "-"])
         if info.error:
             errors.append(f"{info.dist}: {info.error}")
+        errors += [f"{info.dist}: {problem}" for problem in info.problems]
     for line in format_table(rows):
         print(line)
     if errors:

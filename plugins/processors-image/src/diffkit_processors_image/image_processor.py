@@ -15,6 +15,7 @@ import PIL.Image
 import torch
 
 from diffkit.config import Config
+from diffkit.finite import check_images
 from diffkit.outputs import numpy_to_pil
 from diffkit.processor import Processor
 
@@ -90,6 +91,7 @@ class VaeImageProcessor(Processor):
             raise ValueError(f"output_type={output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
         if output_type == "latent":
             return image
+        check_images(image)
         if do_denormalize is None:
             do_denormalize = [self.config.do_normalize] * image.shape[0]
         image = torch.stack([denormalize(img) if flag else img for img, flag in zip(image, do_denormalize, strict=True)])
