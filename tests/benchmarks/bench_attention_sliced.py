@@ -1,27 +1,30 @@
 """Benchmark: sliced attention vs SDPA on the CPU, diffkit and diffusers side by side.
 
 One UNet2DModel checkpoint (random weights, saved by diffusers) whose first level runs
-self-attention at 64x64 = 4096 tokens with 8 heads, so attention dominates a forward. Every
-configuration runs in a fresh subprocess: the first forward gives the peak RSS growth over
-the loaded model (ru_maxrss minus the resident size just before it), the next ones the time.
-Each output is compared with diffkit's SDPA output.
+self-attention at 64x64 = 4096 tokens with 8 heads, so attention dominates a forward. Each
+configuration runs in a fresh worker process, once per repeat, the configurations interleaved
+repeat by repeat. A worker loads the model, runs one small forward (the one-time set-up of
+kernels), then measures the memory one forward adds from its own floor: it resets its peak-RSS mark to its current RSS just before the forward and
+reads the peak after (``timing.reset_peak_rss``; the worker's ``ru_maxrss`` would start at
+its parent's peak). Then it times ``--forwards`` forwards (CPU time of the thread, one torch
+thread, by default) and reports their median. Every output is compared with diffkit's SDPA output.
 
 diffusers' ``pipe.enable_attention_slicing()`` does nothing on a UNet2DModel (in 0.42.1 only
 models with ``set_attention_slice`` take it, and UNet2DModel has none), so its sliced runs
 set ``SlicedAttnProcessor`` on every ``Attention`` layer through ``Attention.set_attention_slice``
 with the same head counts as diffkit: "auto" = heads // 2, "max" = 1.
 
-Run: python tests/benchmarks/bench_attention_sliced.py [--repeats 3] [--threads 1] [--batch 1]
+Run: python tests/benchmarks/bench_attention_sliced.py [--repeats 3] [--forwards 2] [--clock cpu] [--tiny]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import BENCH_DIR, interleave, parser, print_ratio, print_setup, ratio, run_python, write_json  # noqa: E402
 
 ATTENTION_64 = dict(
     sample_size=64,
@@ -45,13 +48,21 @@ CONFIGS = [
     ("diffusers sliced auto", "diffusers", "auto"),
     ("diffusers sliced max", "diffusers", "max"),
 ]
+#: (diffkit label, diffusers label) whose ratios are reported
+PAIRS = [
+    ("diffkit sdpa", "diffusers sdpa (AttnProcessor2_0)"),
+    ("diffkit sliced auto", "diffusers sliced auto"),
+    ("diffkit sliced max", "diffusers sliced max"),
+]
 
 WORKER = """
-import json, os, resource, statistics, sys, time
+import json, statistics, sys
+sys.path.insert(0, sys.argv[1])
+import timing
 import torch
 
-library, setting, ckpt, out_path, repeats, threads, batch = sys.argv[1:8]
-torch.set_num_threads(int(threads))
+library, setting, ckpt, out_path, forwards, clock, size = sys.argv[2:9]
+timing.set_torch_threads(clock, 1)
 if library == "diffkit":
     from diffkit_models_unet.unet_2d import UNet2DModel
     model = UNet2DModel.from_pretrained(ckpt).eval()
@@ -71,32 +82,29 @@ else:
                 module.set_processor(AttnProcessor())
             else:
                 module.set_attention_slice(module.heads // 2 if setting == "auto" else 1)
-x = torch.randn(int(batch), 3, 64, 64, generator=torch.Generator().manual_seed(0))
-
-def resident_bytes():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+x = torch.randn(1, 3, int(size), int(size), generator=torch.Generator().manual_seed(0))
 
 with torch.inference_mode():
-    before = resident_bytes()
+    model(x[..., :8, :8], 10)  # kernels and thread pools set up on a small input, outside the measured forward
+    floor = timing.reset_peak_rss()
     out = model(x, 10).sample
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    times = []
-    for _ in range(int(repeats)):
-        t0 = time.perf_counter()
-        model(x, 10)
-        times.append(time.perf_counter() - t0)
-torch.save(out, out_path)
-print(json.dumps({"peak_growth_mb": (peak - before) / 2**20, "seconds": statistics.median(times)}))
+    growth = timing.peak_rss_mb() - floor
+    forward = timing.timed(lambda: model(x, 10), clock)
+    seconds = statistics.median(forward() for _ in range(int(forwards)))
+if out_path != "-":
+    torch.save(out, out_path)
+print(json.dumps({"seconds": seconds, "growth_mb": growth}))
 """
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=1)
-    args = parser.parse_args()
+    p = parser(__doc__, repeats=3, warmup=0)
+    p.add_argument("--forwards", type=int, default=2, help="timed forwards per worker (median reported)")
+    args = p.parse_args()
+    config = dict(ATTENTION_64)
+    if args.tiny:
+        config.update(sample_size=16)
+        args.repeats, args.forwards = 1, 1
 
     import diffusers
     import torch
@@ -104,38 +112,48 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "unet"
         torch.manual_seed(0)
-        diffusers.UNet2DModel(**ATTENTION_64).save_pretrained(ckpt)
-        results = {}
-        for label, library, setting in CONFIGS:
-            out_path = Path(tmp) / f"{library}-{setting}.pt"
-            proc = subprocess.run(
-                [sys.executable, "-c", WORKER, library, setting, str(ckpt), str(out_path), str(args.repeats),
-                 str(args.threads), str(args.batch)],
-                capture_output=True, text=True,
-            )
-            if proc.returncode:
-                raise SystemExit(f"{label} failed:\n{proc.stderr}")
-            results[label] = json.loads(proc.stdout.strip().splitlines()[-1])
-            results[label]["output"] = torch.load(out_path)
+        diffusers.UNet2DModel(**config).save_pretrained(ckpt)
 
-    reference = results["diffkit sdpa"]["output"]
-    print(
-        f"UNet2DModel, self-attention at 64x64 = 4096 tokens x 8 heads, batch {args.batch}, "
-        f"{args.threads} thread(s), median of {args.repeats} forwards"
+        def worker(library: str, setting: str):
+            first = Path(tmp) / f"{library}-{setting}.pt"
+
+            def run():
+                out = "-" if first.exists() else str(first)
+                return run_python(
+                    ["-c", WORKER, str(BENCH_DIR), library, setting, str(ckpt), out, str(args.forwards), args.clock,
+                     str(config["sample_size"])],
+                    clock=args.clock,
+                )
+
+            return run
+
+        # one untimed worker per library first: writes diffkit's bytecode, fills the page cache
+        run_python(["-c", WORKER, str(BENCH_DIR), "diffkit", "sdpa", str(ckpt), "-", "1", args.clock, "8"])
+        run_python(["-c", WORKER, str(BENCH_DIR), "diffusers", "sdpa", str(ckpt), "-", "1", args.clock, "8"])
+        series = interleave({label: worker(lib, setting) for label, lib, setting in CONFIGS}, args.repeats, warmup=0)
+        outputs = {label: torch.load(Path(tmp) / f"{lib}-{setting}.pt") for label, lib, setting in CONFIGS}
+
+    print_setup(
+        f"UNet2DModel, self-attention at {config['sample_size']}x{config['sample_size']} tokens x 8 heads, batch 1, "
+        f"one forward per worker for memory, median of {args.forwards} for time",
+        args,
     )
-    print(f"{'configuration':38s} {'time (s)':>9s} {'peak RSS growth (MiB)':>22s} {'max |diff| vs diffkit sdpa':>27s}")
-    for label, result in results.items():
-        diff = (result["output"] - reference).abs().max().item()
-        print(f"{label:38s} {result['seconds']:9.3f} {result['peak_growth_mb']:22.0f} {diff:27.2e}")
-    pairs = [("sdpa", "diffusers sdpa (AttnProcessor2_0)"), ("sliced auto", "diffusers sliced auto"),
-             ("sliced max", "diffusers sliced max")]
-    print("diffkit / diffusers:")
-    for ours, theirs in pairs:
-        mine, other = results[f"diffkit {ours}"], results[theirs]
-        print(
-            f"  {ours:12s} time {mine['seconds'] / other['seconds']:.2f}x   "
-            f"peak growth {mine['peak_growth_mb'] / max(other['peak_growth_mb'], 1e-9):.2f}x"
-        )
+    print(f"{'configuration':36s} {'forward s':>30s} {'RSS added by a forward, MiB':>36s} {'max |diff|':>10s}")
+    reference = outputs["diffkit sdpa"]
+    for label, s in series.items():
+        diff = (outputs[label] - reference).abs().max().item()
+        print(f"{label:36s} {s['seconds'].text():>30s} {s['growth_mb'].text(digits=0):>36s} {diff:10.2e}")
+    figures = {}
+    for ours, theirs in PAIRS:
+        name = ours.removeprefix("diffkit ")
+        figures[f"{name} time"] = ratio(series[ours]["seconds"], series[theirs]["seconds"])
+        figures[f"{name} memory"] = ratio(series[ours]["growth_mb"], series[theirs]["growth_mb"])
+    write_json(args, {f"{label} {m}": s[m] for label, s in series.items() for m in ("seconds", "growth_mb")} | figures)
+    print_ratio(
+        figures["sdpa time"],
+        "forward time with SDPA",
+        ", ".join(f"{k} {v:.2f}x" for k, v in figures.items() if k != "sdpa time"),
+    )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_loading import CHURCH_256  # noqa: E402
+from timing import print_ratio  # noqa: E402
 
 TINY = dict(
     sample_size=16, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(32, 64),
@@ -76,6 +77,7 @@ def main() -> None:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("bench_offload: skipped, this benchmark needs a CUDA GPU and torch.cuda.is_available() is False "
               "(use --device cpu --tiny to check the script on the CPU)")
+        print_ratio(None, "offload (no CUDA device)")
         return
     from diffkit import DiffusionPipeline
 
@@ -109,6 +111,18 @@ def main() -> None:
         peak_text = f"{peak:18.0f}" if peak is not None else f"{'n/a':>18s}"
         diff = float(np.abs(images - reference).max())
         print(f"{library:10s} {mode:11s} {seconds:9.2f} {peak_text} {diff:27.2e}")
+    by_mode = {(library, mode): (seconds, peak) for library, mode, seconds, peak, _ in rows}
+    pairs = [(mode, by_mode[("diffkit", mode)], by_mode[("diffusers", mode)]) for mode in MODES
+             if ("diffusers", mode) in by_mode]
+    if not pairs:
+        print_ratio(None, "offload (diffusers' offload needs accelerate)")
+        return
+    summary = [f"{mode} time {k[0] / d[0]:.2f}x" + (f", peak {k[1] / d[1]:.2f}x" if k[1] else "") for mode, k, d in pairs]
+    _, (k_time, k_peak), (d_time, d_peak) = pairs[1]
+    if k_peak:
+        print_ratio(k_peak / d_peak, "peak accelerator memory with model offload", "; ".join(summary))
+    else:
+        print_ratio(k_time / d_time, "time with model offload (no memory figure off CUDA)", "; ".join(summary))
 
 
 if __name__ == "__main__":

@@ -6,10 +6,10 @@ same process, and the median round is reported, which keeps a busy machine from 
 either side. DDPM draws Gaussian noise each step (as diffusers does, from the same generator);
 that draw is timed on its own too, as a floor both libraries share.
 
-``--clock cpu`` times the CPU time of the calling thread with one torch thread, which a machine
-shared with other jobs disturbs far less than wall time.
+The calling thread's CPU time with one torch thread is the default clock (``--clock wall`` for wall
+time); repeats, spread and load average come from ``timing.py``.
 
-Run: python tests/benchmarks/bench_schedulers_ddpm_ddim.py [--rounds 15] [--steps 200] [--threads N] [--clock cpu]
+Run: python tests/benchmarks/bench_schedulers_ddpm_ddim.py [--repeats 15] [--steps 200] [--clock cpu|process|wall] [--tiny]
 """
 
 from __future__ import annotations
@@ -24,7 +24,17 @@ from diffkit_scheduler_ddim.ddim import DDIMScheduler
 from diffkit_scheduler_ddpm.ddpm import DDPMScheduler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_timing import alternate, parse_args, print_floor, print_header, print_row, randn_us  # noqa: E402
+from timing import (  # noqa: E402
+    alternate,
+    geometric_mean,
+    per_call_args,
+    print_floor,
+    print_ratio,
+    print_row,
+    print_setup,
+    print_table_header,
+    randn_figure,
+)
 
 SHAPES = [(1, 3, 32, 32), (1, 4, 128, 128)]
 CASES = [
@@ -67,15 +77,18 @@ def bench_case(ours_cls, ref_cls, config, step_kwargs, shape, rounds, steps):
 
 
 def main() -> None:
-    args = parse_args(__doc__, rounds=15, steps=200)
-    print_header(args, WIDTH, ", 50-step plan, t = timesteps[25]")
+    args = per_call_args(__doc__, repeats=15, calls=200, warmup=20)
+    print_setup(f"DDPM/DDIM scheduler step, 50-step plan, t = timesteps[25], {args.steps} calls per repeat", args)
+    print_table_header(WIDTH)
+    ratios = []
     for shape in SHAPES:
-        floor = randn_us(shape, args.rounds, args.steps)
+        floor = randn_figure(shape, args.repeats, args.steps)
         for name, ours_cls, ref_cls, config, step_kwargs in CASES:
-            ours, ref = bench_case(ours_cls, ref_cls, config, step_kwargs, shape, args.rounds, args.steps)
+            ours, ref = bench_case(ours_cls, ref_cls, config, step_kwargs, shape, args.repeats, args.steps)
             draws = ours_cls is DDPMScheduler or step_kwargs.get("eta", 0) > 0
-            print_row(name, shape, ours, ref, WIDTH, floor if draws else None)
+            ratios.append(print_row(name, shape, ours, ref, WIDTH, floor if draws else None))
         print_floor(shape, floor, WIDTH)
+    print_ratio(geometric_mean(ratios), f"per step: geometric mean of the {len(ratios)} cases' median ratios")
 
 
 if __name__ == "__main__":

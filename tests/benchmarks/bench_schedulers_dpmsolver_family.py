@@ -5,7 +5,7 @@ then repeats one mid-schedule step (history, step index and lower-order counter 
 each call), so the numbers are the per-step cost only. The two libraries alternate in rounds in
 the same process and the median round is reported.
 
-Run: python tests/benchmarks/bench_schedulers_dpmsolver_family.py [--rounds 7] [--steps 100] [--clock cpu]
+Run: python tests/benchmarks/bench_schedulers_dpmsolver_family.py [--repeats 7] [--steps 100] [--clock cpu|process|wall] [--tiny]
 """
 
 from __future__ import annotations
@@ -26,7 +26,15 @@ from diffkit_scheduler_dpmsolver.singlestep import DPMSolverSinglestepScheduler
 from diffkit_scheduler_unipc.unipc import UniPCMultistepScheduler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_timing import alternate, parse_args, print_header, print_row  # noqa: E402
+from timing import (  # noqa: E402
+    alternate,
+    geometric_mean,
+    per_call_args,
+    print_ratio,
+    print_row,
+    print_setup,
+    print_table_header,
+)
 
 warnings.filterwarnings("ignore")
 SHAPES = [(1, 4, 32, 32), (1, 4, 128, 128)]
@@ -83,15 +91,18 @@ def bench_case(ours_cls, ref_cls, config, shape, rounds, steps):
 
 
 def main() -> None:
-    args = parse_args(__doc__, rounds=7, steps=100, clock="cpu", threads=False)
-    torch.set_num_threads(1)
-    print_header(
-        args, WIDTH, ", 50-step plan, one mid-schedule step + scale_model_input", threads="1 thread", randn_column=False
+    args = per_call_args(__doc__, repeats=7, calls=100, warmup=5)
+    print_setup(
+        f"DPM-Solver family, 50-step plan, one mid-schedule step + scale_model_input, {args.steps} calls per repeat",
+        args,
     )
+    print_table_header(WIDTH, randn_column=False)
+    ratios = []
     for shape in SHAPES:
         for name, ours_cls, ref_cls, config in CASES:
-            ours, ref = bench_case(ours_cls, ref_cls, config, shape, args.rounds, args.steps)
-            print_row(name, shape, ours, ref, WIDTH)
+            ours, ref = bench_case(ours_cls, ref_cls, config, shape, args.repeats, args.steps)
+            ratios.append(print_row(name, shape, ours, ref, WIDTH))
+    print_ratio(geometric_mean(ratios), f"per step: geometric mean of the {len(ratios)} cases' median ratios")
 
 
 if __name__ == "__main__":

@@ -9,10 +9,10 @@ keeps a busy machine from favouring either side. Stochastic samplers draw Gaussi
 step from the same generator in both libraries; that draw is timed alone as a shared floor and
 a ratio without it is shown too.
 
-``--clock cpu`` times the calling thread's CPU time with one torch thread, which a machine
-shared with other jobs disturbs far less than wall time.
+The calling thread's CPU time with one torch thread is the default clock (``--clock wall`` for wall
+time); repeats, spread and load average come from ``timing.py``.
 
-Run: python tests/benchmarks/bench_schedulers_euler_family.py [--rounds 15] [--steps 200] [--clock cpu]
+Run: python tests/benchmarks/bench_schedulers_euler_family.py [--repeats 15] [--steps 200] [--clock cpu|process|wall] [--tiny]
 """
 
 from __future__ import annotations
@@ -34,7 +34,17 @@ from diffkit_scheduler_kdpm2.kdpm2_ancestral import KDPM2AncestralDiscreteSchedu
 from diffkit_scheduler_lms.lms import LMSDiscreteScheduler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_timing import alternate, parse_args, print_floor, print_header, print_row, randn_us  # noqa: E402
+from timing import (  # noqa: E402
+    alternate,
+    geometric_mean,
+    per_call_args,
+    print_floor,
+    print_ratio,
+    print_row,
+    print_setup,
+    print_table_header,
+    randn_figure,
+)
 
 SHAPES = [(1, 4, 32, 32), (1, 4, 128, 128)]
 SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
@@ -123,16 +133,19 @@ def bench_case(ours_cls, ref_cls, config, step_kwargs, index, shape, rounds, ste
 
 
 def main() -> None:
-    args = parse_args(__doc__, rounds=15, steps=200, threads=False)
+    args = per_call_args(__doc__, repeats=15, calls=200, warmup=20)
     logging.disable(logging.WARNING)
     warnings.simplefilter("ignore")
-    print_header(args, WIDTH, ", 30-step plan")
+    print_setup(f"Euler family scheduler step, 30-step plan, {args.steps} calls per repeat", args)
+    print_table_header(WIDTH)
+    ratios = []
     for shape in SHAPES:
-        floor = randn_us(shape, args.rounds, args.steps)
+        floor = randn_figure(shape, args.repeats, args.steps)
         for name, ours_cls, ref_cls, config, step_kwargs, index, draws in CASES:
-            ours, ref = bench_case(ours_cls, ref_cls, config, step_kwargs, index, shape, args.rounds, args.steps)
-            print_row(name, shape, ours, ref, WIDTH, floor if draws else None)
+            ours, ref = bench_case(ours_cls, ref_cls, config, step_kwargs, index, shape, args.repeats, args.steps)
+            ratios.append(print_row(name, shape, ours, ref, WIDTH, floor if draws else None))
         print_floor(shape, floor, WIDTH)
+    print_ratio(geometric_mean(ratios), f"per step: geometric mean of the {len(ratios)} cases' median ratios")
 
 
 if __name__ == "__main__":

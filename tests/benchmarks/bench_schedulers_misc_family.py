@@ -8,10 +8,10 @@ alternate in rounds within one process and the median round is reported. Where a
 Gaussian noise, that draw is timed on its own too, as a floor both libraries share.
 FlowMatch Heun is timed per predictor + corrector pair.
 
-``--clock cpu`` times the CPU time of the calling thread with one torch thread, which a machine
-shared with other jobs disturbs far less than wall time.
+The calling thread's CPU time with one torch thread is the default clock (``--clock wall`` for wall
+time); repeats, spread and load average come from ``timing.py``.
 
-Run: python tests/benchmarks/bench_schedulers_misc_family.py [--rounds 15] [--steps 200] [--threads N] [--clock cpu]
+Run: python tests/benchmarks/bench_schedulers_misc_family.py [--repeats 15] [--steps 200] [--clock cpu|process|wall] [--tiny]
 """
 
 from __future__ import annotations
@@ -32,7 +32,18 @@ from diffkit_scheduler_unclip.unclip import UnCLIPScheduler
 from diffkit_scheduler_wuerstchen.wuerstchen import DDPMWuerstchenScheduler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_timing import Step, alternate, parse_args, print_floor, print_header, print_row, randn_us  # noqa: E402
+from timing import (  # noqa: E402
+    Step,
+    alternate,
+    geometric_mean,
+    per_call_args,
+    print_floor,
+    print_ratio,
+    print_row,
+    print_setup,
+    print_table_header,
+    randn_figure,
+)
 
 SHAPES = [(1, 4, 32, 32), (1, 4, 128, 128)]
 WIDTH = 28
@@ -182,14 +193,17 @@ def bench_case(build, shape, rounds, steps) -> tuple[float, float]:
 
 
 def main() -> None:
-    args = parse_args(__doc__, rounds=15, steps=200)
-    print_header(args, WIDTH)
+    args = per_call_args(__doc__, repeats=15, calls=200, warmup=10)
+    print_setup(f"Other schedulers, one step, {args.steps} calls per repeat", args)
+    print_table_header(WIDTH)
+    ratios = []
     for shape in SHAPES:
-        floor = randn_us(shape, args.rounds, args.steps)
+        floor = randn_figure(shape, args.repeats, args.steps)
         for name, build, draws in CASES:
-            ours, ref = bench_case(build, shape, args.rounds, args.steps)
-            print_row(name, shape, ours, ref, WIDTH, draws * floor if draws else None)
+            ours, ref = bench_case(build, shape, args.repeats, args.steps)
+            ratios.append(print_row(name, shape, ours, ref, WIDTH, floor.scaled(draws) if draws else None))
         print_floor(shape, floor, WIDTH)
+    print_ratio(geometric_mean(ratios), f"per step: geometric mean of the {len(ratios)} cases' median ratios")
 
 
 if __name__ == "__main__":

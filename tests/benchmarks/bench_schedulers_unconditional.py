@@ -8,10 +8,10 @@ trimmed to the four entries it uses. The two libraries alternate in rounds withi
 and the median round is reported. Cases that draw Gaussian noise are also shown without the
 draw's cost (``ratio w/o randn``), a floor both libraries share.
 
-``--clock cpu`` times the calling thread's CPU time with one torch thread, which a machine
-shared with other jobs disturbs far less than wall time.
+The calling thread's CPU time with one torch thread is the default clock (``--clock wall`` for wall
+time); repeats, spread and load average come from ``timing.py``.
 
-Run: python tests/benchmarks/bench_schedulers_unconditional.py [--rounds 15] [--steps 200] [--threads N] [--clock cpu]
+Run: python tests/benchmarks/bench_schedulers_unconditional.py [--repeats 15] [--steps 200] [--clock cpu|process|wall] [--tiny]
 """
 
 from __future__ import annotations
@@ -31,7 +31,18 @@ from diffkit_scheduler_pndm.pndm import PNDMScheduler
 from diffkit_scheduler_score_sde_ve.score_sde_ve import ScoreSdeVeScheduler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_timing import Step, alternate, parse_args, print_floor, print_header, print_row, randn_us  # noqa: E402
+from timing import (  # noqa: E402
+    Step,
+    alternate,
+    geometric_mean,
+    per_call_args,
+    print_floor,
+    print_ratio,
+    print_row,
+    print_setup,
+    print_table_header,
+    randn_figure,
+)
 
 SHAPES = [(1, 3, 32, 32), (1, 4, 128, 128)]
 WIDTH = 30
@@ -143,16 +154,19 @@ CASES: list[tuple[str, Callable[[torch.Tensor, torch.Tensor], Pair], bool]] = [
 
 
 def main() -> None:
-    args = parse_args(__doc__, rounds=15, steps=200)
-    print_header(args, WIDTH)
+    args = per_call_args(__doc__, repeats=15, calls=200, warmup=20)
+    print_setup(f"Unconditional-pipeline schedulers, one step, {args.steps} calls per repeat", args)
+    print_table_header(WIDTH)
+    ratios = []
     for shape in SHAPES:
         g = torch.Generator().manual_seed(0)
         x, out = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
-        floor = randn_us(shape, args.rounds, args.steps)
+        floor = randn_figure(shape, args.repeats, args.steps)
         for name, make, draws in CASES:
-            ours, ref = alternate(*make(x, out), args.rounds, args.steps, warmup=20)
-            print_row(name, shape, ours, ref, WIDTH, floor if draws else None)
+            ours, ref = alternate(*make(x, out), args.repeats, args.steps, warmup=args.warmup)
+            ratios.append(print_row(name, shape, ours, ref, WIDTH, floor if draws else None))
         print_floor(shape, floor, WIDTH)
+    print_ratio(geometric_mean(ratios), f"per step: geometric mean of the {len(ratios)} cases' median ratios")
 
 
 if __name__ == "__main__":
