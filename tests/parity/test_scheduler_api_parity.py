@@ -118,3 +118,26 @@ def test_scheduler_base_keeps_plan_and_set_timesteps_in_step():
             raise NotImplementedError
 
     assert list(inspect.signature(Tiny().set_timesteps).parameters) == ["num_inference_steps", "device", "sigmas"]
+
+
+@pytest.mark.parametrize("planned", [False, True])
+@pytest.mark.parametrize("timestep", ["first", 0.123, 99.0])
+def test_edm_dpmsolver_scales_input_like_diffusers_before_a_plan_and_off_it(planned, timestep):
+    """diffusers scales on the training ladder before set_timesteps, and with the last sigma off the plan."""
+    ours, ref = registry.get("scheduler", "EDMDPMSolverMultistepScheduler")(), diffusers.EDMDPMSolverMultistepScheduler()
+    if planned:
+        ours.set_timesteps(5)
+        ref.set_timesteps(5)
+    t = ref.timesteps[0] if timestep == "first" else torch.tensor(timestep)
+    x = torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(ours.scale_model_input(x, t), ref.scale_model_input(x, t), rtol=2e-6, atol=1e-5)
+    assert ours.step_index == ref.step_index
+
+
+@pytest.mark.parametrize("method", ["step", "step_plms", "step_prk"])
+def test_pndm_steps_without_a_plan_raise_value_error_like_diffusers(method):
+    x = torch.zeros(1, 3, 4, 4)
+    with pytest.raises(ValueError, match="set_timesteps"):
+        getattr(registry.get("scheduler", "PNDMScheduler")(skip_prk_steps=True), method)(x, 10, x)
+    with pytest.raises(ValueError):
+        getattr(diffusers.PNDMScheduler(skip_prk_steps=True), method if method != "step" else "step_plms")(x, 10, x)

@@ -117,6 +117,13 @@ KARRAS_COMPATIBLES: tuple[str, ...] = (
 )
 
 
+class TimestepsNotSetError(ValueError, RuntimeError):
+    """A diffusers-style call that needs ``set_timesteps`` first.
+
+    A ``ValueError``, as diffusers raises there, and a ``RuntimeError``, as diffkit raised before.
+    """
+
+
 #: (source, target) class-name pairs already warned about by :meth:`Scheduler.from_config`
 _incompatible_swaps_warned: set[tuple[str, str]] = set()
 
@@ -261,7 +268,7 @@ class Scheduler(Configurable):
     def _state(self) -> SchedulerState:
         state = self._legacy_state
         if state is None:
-            raise RuntimeError(
+            raise TimestepsNotSetError(
                 f"{type(self).__name__}: call set_timesteps(...) first, or use state = scheduler.plan(...)"
             )
         return state

@@ -96,8 +96,23 @@ class EDMDPMSolverMultistepState(DPMSolverMultistepState):
         return list(zip(c_in.tolist(), c_skip.tolist(), c_out.tolist(), strict=True))
 
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
-        """``c_in·x``; the first call fixes where the run starts."""
-        return sample * self._precondition[self._start(timestep)][0]
+        """``c_in·x``; the first call fixes where the run starts.
+
+        As in diffusers, it also works before any plan (on the training ladder), and a timestep the
+        run does not list scales with the run's last sigma.
+        """
+        return sample * self._precondition[self._input_index(timestep)][0]
+
+    def _input_index(self, timestep: Any) -> int:
+        if self.step_index is None and self.begin_index is None:
+            try:
+                i = S.view_position(timestep, self.timesteps) if isinstance(timestep, torch.Tensor) else None
+                self.step_index = i if i is not None else S.first_step_index(timestep, self.timesteps, self._host)
+            except ValueError:
+                self.step_index = len(self._host) - 1
+        if self.num_inference_steps is None:
+            return self.step_index if self.step_index is not None else self.begin_index  # type: ignore[return-value]
+        return self._start(timestep)
 
     def convert(self, model_output: torch.Tensor, sample: torch.Tensor, i: int) -> torch.Tensor:
         _, c_skip, c_out = self._precondition[i]
