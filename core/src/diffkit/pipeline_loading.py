@@ -18,6 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from ._env import env_flag
 from ._fs import LINKS_OPT_OUT, check_links, recover, safe_child
 from ._registry import registry
 from .checkpoint import MODEL_INDEX, NATIVE_LIBRARIES, ComponentEntry, parse_model_index, read_json
@@ -285,7 +286,7 @@ def load_pipeline(cls: type[Pipeline], source: str | os.PathLike[str], **kwargs:
     components: dict[str, Any] = dict(passed)
     from tqdm.auto import tqdm
 
-    disable = len(to_load) < 2 or os.environ.get("DIFFKIT_DISABLE_PROGRESS") == "1"
+    disable = len(to_load) < 2 or env_flag("DIFFKIT_DISABLE_PROGRESS")
     for name in tqdm(to_load, desc="Loading pipeline components", disable=disable):
         components[name] = _load_component(name, entries[name], origin, options, where)
     for name in expected:
