@@ -317,6 +317,8 @@ def test_pipeline_option_loads_the_checkpoint_into_another_class(ckpt, capsys, t
     [
         (TinyImagePipeline, "NoSuchScheduler", ("--scheduler", "NoSuchScheduler", "LoneScheduler, OtherScheduler, ToyScheduler")),
         (TinyImagePipeline, "OtherSchedular", ("Did you mean", "OtherScheduler")),
+        (TinyImagePipeline, "otherscheduler", ("Did you mean 'OtherScheduler'",)),  # case first, not 'ToyScheduler'
+        (TinyImagePipeline, "TOYSCHEDULER", ("Did you mean 'ToyScheduler'",)),
         (TinyImagePipeline, "LoneScheduler", ("LoneScheduler cannot take the config of ToyScheduler", "OtherScheduler")),
         (PickyPipeline, "OtherScheduler", ("PickyPipeline samples only with ToyScheduler",)),
     ],
@@ -326,6 +328,62 @@ def test_scheduler_errors(ckpt, capsys, pipeline, scheduler, fragments):
     assert_one_line_error(code, err, *fragments)
     assert not CALLS and not out  # nothing ran, nothing written
     assert not list(Path.cwd().glob("*.png"))
+
+
+# -- what a pretrained package recommends ----------------------------------------------------
+
+
+def _pretrained(path: Path, **recommended: Any) -> types.ModuleType:
+    module = types.ModuleType("pretrained_toy_hooks")
+
+    @hookimpl
+    def register_pretrained(register):
+        register("toys/recommended", path, **recommended)
+
+    module.register_pretrained = register_pretrained
+    return module
+
+
+def test_pretrained_recommendations_are_the_defaults(ckpt, capsys, tmp_path):
+    source = ckpt()
+    hooks = _pretrained(source, scheduler="OtherScheduler", call_defaults={"num_inference_steps": 2, "eta": 0.5})
+    with plugin(hooks, dist="diffkit-pretrained-toy"):
+        code, out, err = run(capsys, "toys/recommended", "--output", str(tmp_path / "r.png"))
+        assert code == 0, err
+        # the scheduler and step count it recommends; 'eta' is left out: this pipeline takes none
+        assert CALLS[-1][:2] == ("TinyImagePipeline", "OtherScheduler")
+        assert CALLS[-1][3]["num_inference_steps"] == 2
+        assert "TinyImagePipeline with OtherScheduler, 2 steps (recommended):" in err  # the progress bar
+        assert "2/2" in err and "TinyImagePipeline with OtherScheduler, 2 steps (recommended), seed" in out
+
+        assert run(capsys, "toys/recommended", "--steps", "4")[0] == 0  # an option wins over the recommendation
+        assert CALLS[-1][1] == "OtherScheduler" and CALLS[-1][3]["num_inference_steps"] == 4
+
+        code, out, err = run(capsys, "toys/recommended", "--scheduler", "ToyScheduler")
+        assert code == 0, err  # another scheduler: the recommended steps do not go with it
+        assert CALLS[-1][1] == "ToyScheduler" and CALLS[-1][3]["num_inference_steps"] == 3
+        assert "TinyImagePipeline with ToyScheduler, 3 steps:" in err and "recommended" not in err
+
+
+def test_without_recommendations_the_bar_still_says_what_runs(ckpt, capsys):
+    code, out, err = run(capsys, str(ckpt()), "--steps", "2")
+    assert code == 0, err
+    assert "TinyImagePipeline with ToyScheduler, 2 steps: 100%" in err
+
+
+@pytest.mark.parametrize(
+    ("recommended", "fragment"),
+    [
+        ({"steps": 5}, "unknown keywords ['steps']"),
+        ({"scheduler": 3}, "scheduler=3"),
+        ({"call_defaults": [1]}, "call_defaults=[1]"),
+    ],
+)
+def test_bad_recommendations_name_the_plugin(ckpt, capsys, recommended, fragment):
+    with plugin(_pretrained(ckpt(), **recommended), dist="diffkit-pretrained-toy"):
+        code, out, err = run(capsys, "toys/recommended")
+    assert code == 1 and "plugin 'diffkit-pretrained-toy'" in err and fragment in err, err
+    assert not CALLS
 
 
 # -- pipelines with other inputs -----------------------------------------------------------
@@ -484,6 +542,14 @@ def test_unwritable_folder(ckpt, capsys, tmp_path, monkeypatch):
     code, _, err = run(capsys, str(ckpt()), "--output", str(locked / "x.png"))
     assert_one_line_error(code, err, f"cannot write to the folder {locked}")
     assert not CALLS
+
+
+def test_a_checkpoint_needing_a_plugin_that_is_not_installed_is_bad_input(ckpt, capsys):
+    source = ckpt()
+    index = source / "model_index.json"
+    index.write_text(index.read_text().replace('"TinyImagePipeline"', '"ImaginaryPipeline"'))
+    code, out, err = run(capsys, str(source))
+    assert_one_line_error(code, err, "cannot load", "No installed plugin provides pipeline 'ImaginaryPipeline'")
 
 
 def test_a_single_model_folder_is_not_a_pipeline(reg, capsys, tmp_path):

@@ -69,6 +69,18 @@ def pip_command(dist: str, upgrade: bool = False) -> str:
     return f"{sys.executable} -m pip install {'-U ' if upgrade else ''}{dist}"
 
 
+def close_names(name: str, known: list[str], n: int = 3) -> list[str]:
+    """Names of ``known`` that ``name`` was probably meant to be: same letters in another case first,
+    then the closest spellings ignoring case (``ddimscheduler`` -> ``DDIMScheduler``)."""
+    by_lower: dict[str, list[str]] = {}
+    for candidate in known:
+        by_lower.setdefault(candidate.lower(), []).append(candidate)
+    found = [c for c in by_lower.get(name.lower(), []) if c != name]
+    for lower in difflib.get_close_matches(name.lower(), list(by_lower), n=n, cutoff=0.75):
+        found += [c for c in by_lower[lower] if c not in found and c != name]
+    return found[:n]
+
+
 def not_found_error(registry: Registry, kind: str, name: str, context: str = "") -> ComponentNotFoundError:
     """The error for a name that no installed (and loaded) plugin provides."""
     where = f" ({context})" if context else ""
@@ -98,7 +110,7 @@ def not_found_error(registry: Registry, kind: str, name: str, context: str = "")
     if lines:
         message += "\n" + "\n".join(lines)
     else:
-        close = difflib.get_close_matches(name, installed, n=3, cutoff=0.75)
+        close = close_names(name, installed)
         if close:
             message += f" Did you mean {' or '.join(repr(c) for c in close)}?"
         message += f"\nInstalled {plural}: {', '.join(installed) if installed else '(none)'}"
@@ -109,7 +121,7 @@ def not_found_error(registry: Registry, kind: str, name: str, context: str = "")
         message,
         kind=kind,
         name=name,
-        candidates=difflib.get_close_matches(name, installed, n=3, cutoff=0.75),
+        candidates=close_names(name, installed),
         suggested_packages=providers,
         load_errors=load_errors,
     )

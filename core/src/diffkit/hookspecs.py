@@ -8,10 +8,13 @@ until a name is actually resolved.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
+
+from .errors import PluginError
 
 hookspec = pluggy.HookspecMarker("diffkit")
 hookimpl = pluggy.HookimplMarker("diffkit")
@@ -57,10 +60,41 @@ def register_component_loaders(register: Register) -> None:
 
 @hookspec
 def register_pretrained(register: Register) -> None:
-    """Register checkpoints shipped inside a package: ``register(name, "module:path_attr")``.
+    """Register checkpoints shipped inside a package: ``register(name, "module:path_attr", **recommended)``.
 
-    The target resolves to a ``str`` or ``os.PathLike`` pointing at a checkpoint folder.
+    The target resolves to a ``str`` or ``os.PathLike`` pointing at a checkpoint folder. The
+    optional keywords say how the checkpoint is best run (see :class:`PretrainedDefaults`):
+    ``scheduler="DDIMScheduler"`` and ``call_defaults={"num_inference_steps": 50}``. ``diffkit
+    generate NAME`` uses them where its options say nothing; ``from_pretrained`` loads the
+    checkpoint as saved.
     """
+
+
+@dataclass(frozen=True)
+class PretrainedDefaults:
+    """What a ``register_pretrained`` registration recommends: a scheduler and ``__call__`` keyword defaults.
+
+    The call defaults belong with the scheduler: a run that picks another scheduler uses the
+    pipeline's own defaults instead.
+    """
+
+    scheduler: str | None = None
+    call_defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_meta(cls, name: str, dist: str, meta: Mapping[str, Any]) -> PretrainedDefaults:
+        """Read and check the keywords of ``register(name, target, **meta)``; a bad one names the plugin."""
+        unknown = sorted(set(meta) - {"scheduler", "call_defaults"})
+        where = f"plugin {dist!r} registers pretrained {name!r} with"
+        if unknown:
+            raise PluginError(f"{where} unknown keywords {unknown}; the known ones are 'scheduler', 'call_defaults'")
+        scheduler = meta.get("scheduler")
+        if scheduler is not None and (not isinstance(scheduler, str) or not scheduler.isidentifier()):
+            raise PluginError(f"{where} scheduler={scheduler!r}; it must be a scheduler class name")
+        defaults = meta.get("call_defaults", {})
+        if not isinstance(defaults, Mapping) or not all(isinstance(k, str) and k.isidentifier() for k in defaults):
+            raise PluginError(f"{where} call_defaults={defaults!r}; it must map __call__ parameter names to values")
+        return cls(scheduler, dict(defaults))
 
 
 @hookspec

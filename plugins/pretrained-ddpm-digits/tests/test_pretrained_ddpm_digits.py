@@ -24,6 +24,20 @@ def test_hook_registers_the_checkpoint_folder(diffkit_registry):
     assert (package.CHECKPOINT / "model_index.json").is_file()
 
 
+def test_generate_runs_the_recommended_ddim_50_steps(tmp_path, capsys):
+    """Without --scheduler/--steps, the demo samples as its quality test does, not with 1000 DDPM steps."""
+    from diffkit import cli
+    from diffkit.hookspecs import PretrainedDefaults
+
+    entry = registry.entry("pretrained", "diffkit/ddpm-digits")
+    recommended = PretrainedDefaults.from_meta(entry.name, entry.dist, entry.meta)
+    assert recommended == PretrainedDefaults("DDIMScheduler", {"num_inference_steps": 50})
+    assert cli.main(["generate", "diffkit/ddpm-digits", "--seed", "0", "--output", str(tmp_path / "d.png")]) == 0
+    out, err = capsys.readouterr()
+    assert "DDPMPipeline with DDIMScheduler, 50 steps (recommended)" in out
+    assert "50/50" in err and "/1000" not in err
+
+
 def test_verdict_counts_only_confident_images():
     labels = np.array([0, 1, 2, 2, 3, 9])
     confidence = np.array([0.9, 0.8, 0.95, 0.5, 0.79, 1.0])

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .._registry import registry
-from ..errors import ComponentNotFoundError, DiffkitError
+from ..errors import ComponentNotFoundError, DiffkitError, PluginError
+from ..hookspecs import PretrainedDefaults
 from .common import (
     EXIT_MISSING,
     EXIT_OK,
@@ -286,7 +287,10 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("PATH_OR_REPO_OR_PRETRAINED_NAME is empty")
     output = check_output(args.output.expanduser() if args.output is not None else None)
     dtype = _pick_dtype(args.dtype)
+    recommended = _recommended(args.source, args.scheduler)
     scheduler_cls = _installed_class("scheduler", args.scheduler, "--scheduler")
+    if recommended is not None and recommended.scheduler is not None:
+        scheduler_cls = _installed_class("scheduler", recommended.scheduler, f"the scheduler {args.source} recommends")
     pipeline_cls = _installed_class("pipeline", args.pipeline, "--pipeline")
     device = _pick_device(args.device)
     if args.seed is None:
@@ -302,13 +306,16 @@ def run(args: argparse.Namespace) -> int:
         # only the sampling bar: an error after loading stays a single line
         with env_var("DIFFKIT_DISABLE_PROGRESS", "1"):
             pipe = (pipeline_cls or Pipeline).from_pretrained(args.source, **options)
-    except ComponentNotFoundError as exc:
-        raise CLIError(f"cannot load {args.source!r}: {one_line(exc)}", EXIT_MISSING) from None
-    except (DiffkitError, OSError, ValueError, TypeError) as exc:
+    except (DiffkitError, OSError, ValueError, TypeError) as exc:  # a missing plugin too: bad input, exit 2
         raise CLIError(f"cannot load {args.source!r}: {one_line(exc)}") from None
     if scheduler_cls is not None:
         pipe = _swap_scheduler(pipe, scheduler_cls)
     kwargs = _call_arguments(pipe, args)
+    if recommended is not None:
+        kwargs = _with_defaults(pipe, kwargs, recommended.call_defaults)
+    pipe.set_progress_bar_config(
+        **{**pipe._progress_bar_config, "desc": _describe_run(pipe, kwargs, recommended is not None)}
+    )
     expected = declared_kind(pipe)
     if output is not None and expected is not None and suffix_kind(output) != expected:
         suffix = IMAGE_SUFFIX if expected == "image" else AUDIO_SUFFIX
@@ -346,14 +353,46 @@ def run(args: argparse.Namespace) -> int:
     else:
         paths, what = write_audio(payload, path, sample_rate_of(pipe))
 
-    scheduler = pipe.components.get("scheduler")
-    steps = kwargs.get("num_inference_steps", _default_of(pipe, "num_inference_steps"))
-    steps = f", {steps} steps" if isinstance(steps, int) else ""
-    how = f"{type(pipe).__name__}" + (f" with {type(scheduler).__name__}" if scheduler is not None else "")
     for path in paths:
         print(path)
     print(
-        f"wrote {what}, {size_label(paths)}: {how}{steps}, seed {args.seed}, on {device}; "
-        f"{seconds:.1f} s (loading {loaded - started:.1f} s)"
+        f"wrote {what}, {size_label(paths)}: {_describe_run(pipe, kwargs, recommended is not None)}, "
+        f"seed {args.seed}, on {device}; {seconds:.1f} s (loading {loaded - started:.1f} s)"
     )
     return EXIT_OK
+
+
+def _recommended(source: str, scheduler_option: str | None) -> PretrainedDefaults | None:
+    """What the package registering pretrained ``source`` recommends, unless ``--scheduler`` picks another.
+
+    Its call defaults go with its scheduler, so a run with another scheduler uses neither.
+    """
+    if not registry.has("pretrained", source):
+        return None
+    entry = registry.entry("pretrained", source)
+    try:
+        recommended = PretrainedDefaults.from_meta(source, entry.dist, entry.meta)
+    except PluginError as exc:
+        raise CLIError(str(exc), EXIT_MISSING) from None
+    if scheduler_option is not None and scheduler_option != recommended.scheduler:
+        return None
+    if recommended.scheduler is None and not recommended.call_defaults:
+        return None
+    return recommended
+
+
+def _with_defaults(pipe: Any, kwargs: dict[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """``kwargs`` plus each recommended default the options left out and ``pipe.__call__`` takes."""
+    import inspect
+
+    params = inspect.signature(pipe.__call__).parameters
+    return {**{k: v for k, v in defaults.items() if k in params}, **kwargs}
+
+
+def _describe_run(pipe: Any, kwargs: dict[str, Any], recommended: bool) -> str:
+    """``DDPMPipeline with DDIMScheduler, 50 steps`` (what the progress bar and the summary say)."""
+    scheduler = pipe.components.get("scheduler")
+    steps = kwargs.get("num_inference_steps", _default_of(pipe, "num_inference_steps"))
+    text = type(pipe).__name__ + (f" with {type(scheduler).__name__}" if scheduler is not None else "")
+    text += f", {steps} steps" if isinstance(steps, int) else ""
+    return text + (" (recommended)" if recommended else "")
