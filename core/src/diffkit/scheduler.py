@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 from pydantic import Field, PositiveInt, field_validator
 
 from .config import Config, Configurable
+from .errors import DiffkitError
 
 if TYPE_CHECKING:
     import torch
@@ -156,7 +157,10 @@ def compatible_schedulers(source: Any) -> list[str]:
         raise ValueError(f"cannot tell which scheduler wrote {source!r}: it names no _class_name")
     found = []
     for candidate in registry.names("scheduler"):
-        cls = registry.get("scheduler", candidate)
+        try:
+            cls = registry.get("scheduler", candidate)
+        except (DiffkitError, ImportError):  # a broken plugin is reported where it is used, not here
+            continue
         if isinstance(cls, type) and issubclass(cls, Scheduler) and cls.is_compatible_with(name):
             found.append(candidate)
     return found
