@@ -148,8 +148,10 @@ class CMState(SchedulerState):
         self._s_noise = cfg.s_noise
         self._scaled = False
 
-    def index_for_timestep(self, timestep: Any) -> int:
-        """The position of ``timestep`` in this run (the second one when it repeats)."""
+    def index_for_timestep(self, timestep: Any, schedule_timesteps: torch.Tensor | None = None) -> int:
+        """The position of ``timestep`` in this run, or in ``schedule_timesteps`` (the second one when it repeats)."""
+        if schedule_timesteps is not None:
+            return S.first_step_index(timestep, schedule_timesteps, schedule_timesteps.tolist())
         return S.first_step_index(timestep, self.timesteps, self._host)
 
     def _index(self, timestep: Any) -> int:
@@ -282,8 +284,8 @@ class CMStochasticIterativeScheduler(Scheduler):
     def get_scalings_for_boundary_condition(self, sigma: Level) -> tuple[Level, Level]:
         return boundary_scalings(sigma, self.config.sigma_min, self.config.sigma_data)
 
-    def index_for_timestep(self, timestep: Any) -> int:
-        return self._state().index_for_timestep(timestep)  # type: ignore[attr-defined]
+    def index_for_timestep(self, timestep: Any, schedule_timesteps: torch.Tensor | None = None) -> int:
+        return self._state().index_for_timestep(timestep, schedule_timesteps)  # type: ignore[attr-defined]
 
     def step(
         self,

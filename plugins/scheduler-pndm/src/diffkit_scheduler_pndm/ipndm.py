@@ -93,8 +93,10 @@ class IPNDMState(SchedulerState):
         #: the last derivative estimates, newest last (at most four)
         self.ets: list[torch.Tensor] = []
 
-    def index_for_timestep(self, timestep: Any) -> int:
-        """The position of ``timestep`` in this run (the second one when it repeats)."""
+    def index_for_timestep(self, timestep: Any, schedule_timesteps: torch.Tensor | None = None) -> int:
+        """The position of ``timestep`` in this run, or in ``schedule_timesteps`` (the second one when it repeats)."""
+        if schedule_timesteps is not None:
+            return S.first_step_index(timestep, schedule_timesteps, schedule_timesteps.tolist())
         return S.first_step_index(timestep, self.timesteps, self._host)
 
     def step(
@@ -175,5 +177,5 @@ class IPNDMScheduler(Scheduler):
     def ets(self) -> list[torch.Tensor]:
         return self._state().ets  # type: ignore[attr-defined]
 
-    def index_for_timestep(self, timestep: Any) -> int:
-        return self._state().index_for_timestep(timestep)  # type: ignore[attr-defined]
+    def index_for_timestep(self, timestep: Any, schedule_timesteps: torch.Tensor | None = None) -> int:
+        return self._state().index_for_timestep(timestep, schedule_timesteps)  # type: ignore[attr-defined]
