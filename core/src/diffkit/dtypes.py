@@ -1,4 +1,7 @@
-"""``torch_dtype`` arguments: a dtype, a name, ``"auto"``, or a dict by component name."""
+"""``torch_dtype`` arguments: a dtype, a name, ``"auto"``, or a dict by component name.
+
+diffusers 0.42 also takes the same value as ``dtype``; :func:`one_dtype` merges the two names.
+"""
 
 from __future__ import annotations
 
@@ -37,3 +40,22 @@ def dtype_for(torch_dtype: Any, component: str) -> torch.dtype | str | None:
         value = torch_dtype.get(component, torch_dtype.get("default"))
         return parse_dtype(value, f"torch_dtype[{component!r}]")
     return parse_dtype(torch_dtype)
+
+
+def one_dtype(torch_dtype: Any, dtype: Any) -> Any:
+    """The value of ``torch_dtype`` or of its newer name ``dtype``; both given and different is an error."""
+    if dtype is None:
+        return torch_dtype
+    if torch_dtype is None:
+        return dtype
+    if _normalised(torch_dtype, "torch_dtype") != _normalised(dtype, "dtype"):
+        raise ValueError(
+            f"torch_dtype={torch_dtype!r} and dtype={dtype!r} disagree: they are two names of one option, pass one"
+        )
+    return torch_dtype
+
+
+def _normalised(value: Any, argument: str) -> Any:
+    if isinstance(value, dict):
+        return {key: parse_dtype(item, f"{argument}[{key!r}]") for key, item in value.items()}
+    return parse_dtype(value, argument)

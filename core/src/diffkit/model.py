@@ -16,7 +16,7 @@ import torch
 
 from ._fs import atomic_save, check_links, recover
 from .config import Config, Configurable
-from .dtypes import parse_dtype
+from .dtypes import one_dtype, parse_dtype
 from .errors import CheckpointError
 from .finite import check_weights
 from .weights import checkpoint_dtype, find_weights, read_state_dict, write_state_dict
@@ -92,6 +92,7 @@ class Model(torch.nn.Module, Configurable):
         subfolder: str | None = None,
         *,
         torch_dtype: Any = None,
+        dtype: Any = None,
         variant: str | None = None,
         use_safetensors: bool | None = None,
         allow_pickle: bool = False,
@@ -111,8 +112,11 @@ class Model(torch.nn.Module, Configurable):
 
         Files that link outside the folder are refused (the Hub cache's links into its blobs
         excepted) unless ``allow_external_symlinks=True``. Weights holding NaN or Inf warn.
+        ``dtype`` is diffusers 0.42's name for ``torch_dtype``; either works.
         """
         from .hub import resolve_model_folder
+
+        torch_dtype = one_dtype(torch_dtype, dtype)
 
         folder = resolve_model_folder(
             pretrained_model_name_or_path,

@@ -22,7 +22,7 @@ from ._env import env_flag
 from ._fs import LINKS_OPT_OUT, check_links, recover, safe_child
 from ._registry import registry
 from .checkpoint import MODEL_INDEX, NATIVE_LIBRARIES, ComponentEntry, parse_model_index, read_json
-from .dtypes import dtype_for, parse_dtype
+from .dtypes import dtype_for, one_dtype, parse_dtype
 from .errors import CheckpointError
 from .hub import hub_kwargs, is_repo_id
 from .model import Model
@@ -242,6 +242,8 @@ def _has_variant(folder: Path, variant: str) -> bool:
 # -- loading -------------------------------------------------------------------------------
 def load_pipeline(cls: type[Pipeline], source: str | os.PathLike[str], **kwargs: Any) -> Pipeline:
     options = {k: kwargs.pop(k) for k in LOAD_OPTIONS if k in kwargs}
+    if "dtype" in kwargs:  # diffusers 0.42's name for torch_dtype
+        options["torch_dtype"] = one_dtype(options.get("torch_dtype"), kwargs.pop("dtype"))
     torch_dtype = options.get("torch_dtype")
     if isinstance(torch_dtype, dict):
         for key, value in torch_dtype.items():
