@@ -84,3 +84,11 @@ def test_compatibility_needs_a_known_source():
     with pytest.raises(ValueError, match="_class_name"):
         compatible_schedulers({"num_train_timesteps": 10})
     assert isinstance(Config.from_dict({}), Config)
+
+
+def test_from_pretrained_on_another_schedulers_folder_is_a_swap_too(demo):
+    """diffusers' ``DPMSolverMultistepScheduler.from_pretrained(ddpm_repo, subfolder="scheduler")`` works."""
+    from diffkit_pretrained_ddpm_digits import CHECKPOINT
+
+    dpm = registry.get("scheduler", "DPMSolverMultistepScheduler").from_pretrained(CHECKPOINT, subfolder="scheduler")
+    assert dpm.config.variance_type is None and dpm.config.timestep_spacing == "leading"

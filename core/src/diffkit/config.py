@@ -292,7 +292,10 @@ class Configurable:
             token=token,
             proxies=proxies,
         )
-        config = cls.config_class.from_dict(cls.load_config(folder), source=folder / cls.config_name, **overrides)
+        data = cls.load_config(folder)
+        if data.get("_class_name", cls.__name__) != cls.__name__:  # another class's file: a swap
+            data = _without_rejected_values(cls.config_class, data, overrides)
+        config = cls.config_class.from_dict(data, source=folder / cls.config_name, **overrides)
         return cls(config)  # type: ignore[call-arg]
 
     def save_pretrained(self, save_directory: str | os.PathLike[str], **_: Any) -> Path:
