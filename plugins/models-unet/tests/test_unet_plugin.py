@@ -12,13 +12,15 @@ def test_hooks_register_the_model_by_module_path():
     assert registered == [
         ("UNet2DModel", "diffkit_models_unet.unet_2d:UNet2DModel"),
         ("UNet1DModel", "diffkit_models_unet.unet_1d:UNet1DModel"),
+        ("UNet2DConditionModel", "diffkit_models_unet.unet_2d_condition:UNet2DConditionModel"),
     ]
 
 
 def test_hook_module_does_not_import_torch():
     code = (
         "import sys, diffkit_models_unet, diffkit_models_unet.hooks; "
-        "heavy = [m for m in ('torch', 'diffkit_models_unet.unet_2d', 'diffkit_models_unet.unet_1d') if m in sys.modules]; "
+        "heavy = [m for m in ('torch', 'diffkit_models_unet.unet_2d', 'diffkit_models_unet.unet_1d', "
+        "'diffkit_models_unet.unet_2d_condition') if m in sys.modules]; "
         "assert not heavy, heavy"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -31,3 +33,10 @@ def test_installed_registry_resolves_the_model(diffkit_installed_registry):
     assert diffkit_installed_registry.get("model", "UNet2DModel") is UNet2DModel
     entry = diffkit_installed_registry.entry("model", "UNet2DModel")
     assert entry.dist == "diffkit-models-unet"
+
+
+def test_installed_registry_resolves_the_condition_model(diffkit_installed_registry):
+    from diffkit_models_unet.unet_2d_condition import UNet2DConditionModel
+
+    assert diffkit_installed_registry.get("model", "UNet2DConditionModel") is UNet2DConditionModel
+    assert diffkit_installed_registry.entry("model", "UNet2DConditionModel").dist == "diffkit-models-unet"

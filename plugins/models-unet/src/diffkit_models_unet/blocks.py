@@ -52,7 +52,8 @@ def heads_dim(head_dim: int | None, channels: int) -> int:
     return channels if head_dim is None else head_dim
 
 
-def _resnet(opts: BlockOptions, in_channels: int, out_channels: int, **kwargs: Any) -> ResnetBlock2D:
+def block_resnet(opts: BlockOptions, in_channels: int, out_channels: int, **kwargs: Any) -> ResnetBlock2D:
+    """A ResnetBlock2D with the UNet's shared settings; ``kwargs`` override or extend them."""
     kwargs.setdefault("groups", opts.groups)
     return ResnetBlock2D(
         in_channels,
@@ -66,7 +67,7 @@ def _resnet(opts: BlockOptions, in_channels: int, out_channels: int, **kwargs: A
     )
 
 
-def _up_resnet_inputs(in_channels: int, prev_output_channel: int, out_channels: int, num_layers: int) -> list[int]:
+def up_resnet_inputs(in_channels: int, prev_output_channel: int, out_channels: int, num_layers: int) -> list[int]:
     """Input widths of an up block's resnets: running features plus the residual they take."""
     widths = []
     for i in range(num_layers):
@@ -94,7 +95,7 @@ class _ResnetDownBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.resnets = nn.ModuleList(
-            _resnet(opts, in_channels if i == 0 else out_channels, out_channels) for i in range(num_layers)
+            block_resnet(opts, in_channels if i == 0 else out_channels, out_channels) for i in range(num_layers)
         )
         self.attentions = nn.ModuleList(
             SpatialSelfAttention(
@@ -105,7 +106,7 @@ class _ResnetDownBlock(nn.Module):
         if downsample == "conv":
             self.downsamplers = nn.ModuleList([Downsample2D(out_channels, padding=downsample_padding)])
         elif downsample == "resnet":
-            self.downsamplers = nn.ModuleList([_resnet(opts, out_channels, out_channels, resample="down")])
+            self.downsamplers = nn.ModuleList([block_resnet(opts, out_channels, out_channels, resample="down")])
         else:
             self.downsamplers = None
 
@@ -204,7 +205,7 @@ class _SkipDownBlock(nn.Module):
         for i in range(num_layers):
             width = in_channels if i == 0 else out_channels
             self.resnets.append(
-                _resnet(
+                block_resnet(
                     opts,
                     width,
                     out_channels,
@@ -224,7 +225,7 @@ class _SkipDownBlock(nn.Module):
             for _ in range(num_layers if attention else 0)
         )
         if add_downsample:
-            self.resnet_down = _resnet(
+            self.resnet_down = block_resnet(
                 opts,
                 out_channels,
                 out_channels,
@@ -306,7 +307,8 @@ class UNetMidBlock2D(nn.Module):
     ) -> None:
         super().__init__()
         self.resnets = nn.ModuleList(
-            _resnet(opts, channels, channels, output_scale_factor=output_scale_factor) for _ in range(num_layers + 1)
+            block_resnet(opts, channels, channels, output_scale_factor=output_scale_factor)
+            for _ in range(num_layers + 1)
         )
         self.attentions = nn.ModuleList(
             SpatialSelfAttention(
@@ -350,8 +352,8 @@ class _ResnetUpBlock(nn.Module):
         head_dim: int | None = None,
     ) -> None:
         super().__init__()
-        widths = _up_resnet_inputs(in_channels, prev_output_channel, out_channels, num_layers)
-        self.resnets = nn.ModuleList(_resnet(opts, width, out_channels) for width in widths)
+        widths = up_resnet_inputs(in_channels, prev_output_channel, out_channels, num_layers)
+        self.resnets = nn.ModuleList(block_resnet(opts, width, out_channels) for width in widths)
         self.attentions = nn.ModuleList(
             SpatialSelfAttention(
                 out_channels, heads_dim(head_dim, out_channels), norm_num_groups=opts.groups, eps=opts.eps
@@ -361,7 +363,7 @@ class _ResnetUpBlock(nn.Module):
         if upsample == "conv":
             self.upsamplers = nn.ModuleList([Upsample2D(out_channels)])
         elif upsample == "resnet":
-            self.upsamplers = nn.ModuleList([_resnet(opts, out_channels, out_channels, resample="up")])
+            self.upsamplers = nn.ModuleList([block_resnet(opts, out_channels, out_channels, resample="up")])
         else:
             self.upsamplers = None
 
@@ -371,6 +373,7 @@ class _ResnetUpBlock(nn.Module):
         residuals: tuple[torch.Tensor, ...],
         temb: torch.Tensor,
         skip: torch.Tensor | None,
+        upsample_size: tuple[int, int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         for i, resnet in enumerate(self.resnets):
             residual, residuals = _pop(residuals)
@@ -379,7 +382,10 @@ class _ResnetUpBlock(nn.Module):
                 hidden = self.attentions[i](hidden)
         if self.upsamplers is not None:
             for upsampler in self.upsamplers:
-                hidden = upsampler(hidden, temb) if isinstance(upsampler, ResnetBlock2D) else upsampler(hidden)
+                if isinstance(upsampler, ResnetBlock2D):
+                    hidden = upsampler(hidden, temb)
+                else:
+                    hidden = upsampler(hidden, upsample_size)
         return hidden, skip
 
 
@@ -485,7 +491,7 @@ class _SkipUpBlock(nn.Module):
             else:
                 groups = skip_groups(running + residual)
             self.resnets.append(
-                _resnet(
+                block_resnet(
                     opts,
                     running + residual,
                     out_channels,
@@ -508,7 +514,7 @@ class _SkipUpBlock(nn.Module):
             else []
         )
         if add_upsample:
-            self.resnet_up = _resnet(
+            self.resnet_up = block_resnet(
                 opts,
                 out_channels,
                 out_channels,

@@ -1,4 +1,4 @@
-"""diffkit plugin hooks: register ``UNet2DModel`` and ``UNet1DModel`` without importing torch."""
+"""diffkit plugin hooks: register the UNet models without importing torch."""
 
 from diffkit.hookspecs import Register, hookimpl
 
@@ -7,3 +7,4 @@ from diffkit.hookspecs import Register, hookimpl
 def register_models(register: Register) -> None:
     register("UNet2DModel", "diffkit_models_unet.unet_2d:UNet2DModel")
     register("UNet1DModel", "diffkit_models_unet.unet_1d:UNet1DModel")
+    register("UNet2DConditionModel", "diffkit_models_unet.unet_2d_condition:UNet2DConditionModel")

@@ -89,11 +89,16 @@ class Downsample2D(nn.Module):
 
 
 class Upsample2D(nn.Module):
-    """Nearest-neighbour doubling followed by a 3x3 convolution."""
+    """Nearest-neighbour doubling followed by a 3x3 convolution.
+
+    ``size`` resizes to that ``(height, width)`` instead of doubling: a UNet passes the size of
+    the matching down-path feature map when the input was not divisible by its total stride.
+    """
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(nearest_upsample(x))
+    def forward(self, x: torch.Tensor, size: tuple[int, int] | torch.Size | None = None) -> torch.Tensor:
+        resized = nearest_upsample(x) if size is None else F.interpolate(x, size=tuple(size), mode="nearest")
+        return self.conv(resized)

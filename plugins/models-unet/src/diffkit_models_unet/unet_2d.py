@@ -194,14 +194,21 @@ def config_problems(cfg: UNet2DConfig) -> list[str]:
     return problems
 
 
-def broadcast_timesteps(timestep: torch.Tensor | float | int, batch: int, device: torch.device) -> torch.Tensor:
+def broadcast_timesteps(
+    timestep: torch.Tensor | float | int, batch: int, device: torch.device, *, keep_fractions: bool = False
+) -> torch.Tensor:
     """``timestep`` as a 1-D tensor of ``batch`` entries.
 
-    A Python number becomes a long tensor, as in diffusers (fractions are truncated: pass
-    noise levels as a tensor). Tensors are moved to ``device``.
+    A Python number becomes a long tensor, as in diffusers' ``UNet2DModel`` (fractions are
+    truncated: pass noise levels as a tensor); with ``keep_fractions`` a Python float becomes a
+    float64 tensor instead (float32 on MPS), as in ``UNet2DConditionModel``. Tensors are moved
+    to ``device``.
     """
     if not torch.is_tensor(timestep):
-        timesteps = torch.tensor([timestep], dtype=torch.long, device=device)
+        dtype = torch.long
+        if keep_fractions and isinstance(timestep, float):
+            dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64
+        timesteps = torch.tensor([timestep], dtype=dtype, device=device)
     else:
         timesteps = timestep.reshape(1).to(device) if timestep.ndim == 0 else timestep.to(device)
     return timesteps * torch.ones(batch, dtype=timesteps.dtype, device=timesteps.device)

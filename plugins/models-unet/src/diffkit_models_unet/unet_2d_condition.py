@@ -1,0 +1,671 @@
+"""``UNet2DConditionModel``: the text-conditioned latent UNet of Stable Diffusion and relatives.
+
+Same config keys, defaults, state-dict keys and numbers as diffusers' class of that name for
+the block types Stable Diffusion 1.x/2.x/XL, the x4 upscaler, LCM, inpainting and
+InstructPix2Pix checkpoints use (``CrossAttnDownBlock2D``, ``DownBlock2D``,
+``UNetMidBlock2DCrossAttn``, ``UNetMidBlock2D``, ``CrossAttnUpBlock2D``, ``UpBlock2D``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
+from torch import nn
+
+from diffkit.config import Config
+from diffkit.model import Model
+from diffkit.outputs import BaseOutput
+
+from .activations import ActivationName, activation
+from .blocks import BlockOptions, DownBlock2D, UNetMidBlock2D, UpBlock2D
+from .cross_attn_blocks import (
+    Conditioning,
+    CrossAttnDownBlock2D,
+    CrossAttnOptions,
+    CrossAttnUpBlock2D,
+    UNetMidBlock2DCrossAttn,
+)
+from .embeddings import (
+    GaussianFourierProjection,
+    ImageTimeEmbedding,
+    SinusoidalProjection,
+    TextTimeEmbedding,
+    TimestepEmbedding,
+)
+from .unet_2d import broadcast_timesteps
+
+
+CondDownBlockType = Literal["CrossAttnDownBlock2D", "DownBlock2D"]
+CondUpBlockType = Literal["CrossAttnUpBlock2D", "UpBlock2D"]
+CondMidBlockType = Literal["UNetMidBlock2DCrossAttn", "UNetMidBlock2D"]
+
+#: the value a masked-out token adds to the attention scores, as in diffusers
+MASK_BIAS = -10000.0
+#: diffusers accepts block names with this prefix and drops it
+_LEGACY_BLOCK_PREFIX = "UNetRes"
+#: option values diffusers knows that this implementation does not build, per field
+_NOT_IMPLEMENTED = {
+    "addition_embed_type": {"text_image", "image_hint"},
+    "encoder_hid_dim_type": {"text_image_proj", "image_proj", "ip_image_proj"},
+    "attention_type": {"gated", "gated-text-image"},
+}
+
+PositiveInts = PositiveInt | tuple[PositiveInt, ...]
+
+
+@dataclasses.dataclass
+class UNet2DConditionOutput(BaseOutput):
+    """``sample``: the model output, shaped like the input sample (with ``out_channels``)."""
+
+    sample: torch.Tensor
+
+
+class UNet2DConditionConfig(Config):
+    """Configuration of :class:`UNet2DConditionModel`: diffusers' keys and defaults.
+
+    Per-block options (``attention_head_dim``, ``cross_attention_dim``, ``only_cross_attention``,
+    ``layers_per_block``, ``transformer_layers_per_block``) take one value for every block or one
+    per down block; the up blocks use them in reverse. As in diffusers, ``attention_head_dim``
+    is the number of attention heads of each block (``num_attention_heads`` must stay unset).
+    """
+
+    owner_name: ClassVar[str] = "UNet2DConditionModel"
+
+    sample_size: PositiveInt | tuple[PositiveInt, PositiveInt] | None = None
+    in_channels: PositiveInt = 4
+    out_channels: PositiveInt = 4
+    center_input_sample: bool = False
+    flip_sin_to_cos: bool = True
+    freq_shift: int = 0
+    down_block_types: tuple[CondDownBlockType, ...] = (
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+    )
+    mid_block_type: CondMidBlockType | None = "UNetMidBlock2DCrossAttn"
+    up_block_types: tuple[CondUpBlockType, ...] = (
+        "UpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+    )
+    only_cross_attention: bool | tuple[bool, ...] = False
+    block_out_channels: tuple[PositiveInt, ...] = (320, 640, 1280, 1280)
+    layers_per_block: NonNegativeInt | tuple[NonNegativeInt, ...] = 2
+    downsample_padding: NonNegativeInt = 1
+    mid_block_scale_factor: float = 1.0
+    dropout: float = Field(default=0.0, ge=0.0, le=1.0)
+    act_fn: ActivationName = "silu"
+    norm_num_groups: PositiveInt | None = 32
+    norm_eps: PositiveFloat = 1e-5
+    cross_attention_dim: PositiveInts = 1280
+    transformer_layers_per_block: PositiveInt | tuple[PositiveInt | tuple[PositiveInt, ...], ...] = 1
+    reverse_transformer_layers_per_block: tuple[PositiveInt | tuple[PositiveInt, ...], ...] | None = None
+    encoder_hid_dim: PositiveInt | None = None
+    encoder_hid_dim_type: str | None = None
+    attention_head_dim: PositiveInts = 8
+    num_attention_heads: PositiveInts | None = None
+    dual_cross_attention: bool = False
+    use_linear_projection: bool = False
+    class_embed_type: Literal["timestep", "identity", "projection", "simple_projection"] | None = None
+    addition_embed_type: str | None = None
+    addition_time_embed_dim: PositiveInt | None = None
+    num_class_embeds: PositiveInt | None = None
+    upcast_attention: bool = False
+    resnet_time_scale_shift: Literal["default", "scale_shift"] = "default"
+    #: used by diffusers' SimpleCrossAttn/ResnetDownsample blocks only: no effect on these blocks
+    resnet_skip_time_act: bool = False
+    #: used by diffusers' SimpleCrossAttn/ResnetDownsample blocks only: no effect on these blocks
+    resnet_out_scale_factor: float = 1.0
+    time_embedding_type: Literal["positional", "fourier"] = "positional"
+    time_embedding_dim: PositiveInt | None = None
+    time_embedding_act_fn: ActivationName | None = None
+    timestep_post_act: ActivationName | None = None
+    time_cond_proj_dim: PositiveInt | None = None
+    conv_in_kernel: PositiveInt = 3
+    conv_out_kernel: PositiveInt = 3
+    projection_class_embeddings_input_dim: PositiveInt | None = None
+    attention_type: str = "default"
+    class_embeddings_concat: bool = False
+    #: used by diffusers' UNetMidBlock2DSimpleCrossAttn only: no effect on these blocks
+    mid_block_only_cross_attention: bool | None = None
+    #: used by diffusers' SimpleCrossAttn blocks only: no effect on these blocks
+    cross_attention_norm: str | None = None
+    addition_embed_type_num_heads: PositiveInt = 64
+
+    @field_validator("down_block_types", "up_block_types", mode="before")
+    @classmethod
+    def _drop_legacy_prefix(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return tuple(v.removeprefix(_LEGACY_BLOCK_PREFIX) if isinstance(v, str) else v for v in value)
+        return value
+
+    @field_validator("act_fn", "time_embedding_act_fn", "timestep_post_act", mode="before")
+    @classmethod
+    def _lowercase_activation(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_hid_dim_type(cls, data: Any) -> Any:
+        # diffusers turns an encoder_hid_dim without a type into 'text_proj' and records it
+        if isinstance(data, Mapping) and data.get("encoder_hid_dim") is not None:
+            if data.get("encoder_hid_dim_type") is None:
+                return {**data, "encoder_hid_dim_type": "text_proj"}
+        return data
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> UNet2DConditionConfig:
+        problems = condition_config_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    # -- derived values -----------------------------------------------------------------
+    @property
+    def num_blocks(self) -> int:
+        return len(self.down_block_types)
+
+    @property
+    def time_embed_dim(self) -> int:
+        """Width of the time embedding MLP's output."""
+        factor = 2 if self.time_embedding_type == "fourier" else 4
+        return self.time_embedding_dim or factor * self.block_out_channels[0]
+
+    @property
+    def timestep_input_dim(self) -> int:
+        """Width of the projected timesteps that enter the time embedding MLP."""
+        return self.time_embed_dim if self.time_embedding_type == "fourier" else self.block_out_channels[0]
+
+    @property
+    def blocks_time_embed_dim(self) -> int:
+        """Width of the embedding the resnets get (doubled when the class embedding is concatenated)."""
+        return 2 * self.time_embed_dim if self.class_embeddings_concat else self.time_embed_dim
+
+    def per_block(self, name: str) -> tuple[Any, ...]:
+        """The per-down-block values of option ``name`` (one value repeated for every block)."""
+        value = getattr(self, name)
+        return tuple(value) if isinstance(value, tuple) else (value,) * self.num_blocks
+
+    @property
+    def heads(self) -> tuple[int, ...]:
+        """Attention heads per down block (diffusers reads ``attention_head_dim`` as head counts)."""
+        return self.per_block("attention_head_dim")
+
+    @property
+    def up_transformer_layers(self) -> tuple[int | tuple[int, ...], ...]:
+        """Transformer depths of the up blocks, in up-block order."""
+        if self.reverse_transformer_layers_per_block is not None:
+            return self.reverse_transformer_layers_per_block
+        return self.per_block("transformer_layers_per_block")[::-1]
+
+
+def condition_config_problems(cfg: UNet2DConditionConfig) -> list[str]:
+    """Cross-field inconsistencies of ``cfg``, each naming the fields involved and the fix."""
+    problems = []
+    n = len(cfg.down_block_types)
+    for name, refused in _NOT_IMPLEMENTED.items():
+        if getattr(cfg, name) in refused:
+            problems.append(
+                f"{name}={getattr(cfg, name)!r} is a diffusers option that diffkit's UNet2DConditionModel does not "
+                "implement (it is not used by the Stable Diffusion 1.x/2.x/XL checkpoints)"
+            )
+    if cfg.attention_type != "default" and cfg.attention_type not in _NOT_IMPLEMENTED["attention_type"]:
+        problems.append(f"attention_type={cfg.attention_type!r} is unknown; use 'default'")
+    if cfg.addition_embed_type not in (None, "text", "text_time", "image", *_NOT_IMPLEMENTED["addition_embed_type"]):
+        problems.append(
+            f"addition_embed_type={cfg.addition_embed_type!r} is unknown; allowed: None, 'text', 'text_time', 'image'"
+        )
+    if cfg.encoder_hid_dim_type not in (None, "text_proj", *_NOT_IMPLEMENTED["encoder_hid_dim_type"]):
+        problems.append(f"encoder_hid_dim_type={cfg.encoder_hid_dim_type!r} is unknown; allowed: None, 'text_proj'")
+    if cfg.num_attention_heads is not None:
+        problems.append(
+            "num_attention_heads must be unset: diffusers' UNet2DConditionModel refuses it, so a checkpoint with it "
+            "could not load there; give the number of heads per block in attention_head_dim"
+        )
+    if cfg.dual_cross_attention:
+        problems.append(
+            "dual_cross_attention=True (Versatile Diffusion's DualTransformer2DModel) is not implemented in diffkit"
+        )
+    if cfg.norm_num_groups is None:
+        problems.append(
+            "norm_num_groups=None only suits diffusers' K-diffusion blocks, which diffkit does not implement; "
+            "the resnets and transformers of CrossAttn/Down/Up blocks need a GroupNorm group count"
+        )
+    if n == 0:
+        problems.append("down_block_types must list at least one block")
+    if len(cfg.block_out_channels) != n:
+        problems.append(
+            f"block_out_channels has {len(cfg.block_out_channels)} entries but down_block_types has {n}; "
+            "give one width per down block"
+        )
+    if len(cfg.up_block_types) != n:
+        problems.append(
+            f"up_block_types has {len(cfg.up_block_types)} entries but down_block_types has {n}; "
+            "they must have the same length"
+        )
+    for name in (
+        "only_cross_attention",
+        "attention_head_dim",
+        "cross_attention_dim",
+        "layers_per_block",
+        "transformer_layers_per_block",
+        "reverse_transformer_layers_per_block",
+    ):
+        value = getattr(cfg, name)
+        if isinstance(value, tuple) and len(value) != n:
+            problems.append(f"{name} has {len(value)} entries but there are {n} down blocks; give one per block")
+    if problems:
+        return problems
+
+    nested = isinstance(cfg.transformer_layers_per_block, tuple) and any(
+        isinstance(v, tuple) for v in cfg.transformer_layers_per_block
+    )
+    if nested and cfg.reverse_transformer_layers_per_block is None:
+        problems.append(
+            "transformer_layers_per_block lists per-layer depths; then reverse_transformer_layers_per_block must "
+            "give the up blocks' depths too"
+        )
+    groups = cfg.norm_num_groups
+    assert groups is not None
+    for i, width in enumerate(cfg.block_out_channels):
+        if width % groups:
+            problems.append(f"block_out_channels[{i}]={width} is not divisible by norm_num_groups={groups}")
+        heads = cfg.heads[i]
+        if heads > width:
+            problems.append(
+                f"attention_head_dim[{i}]={heads} (the number of heads) exceeds block_out_channels[{i}]={width}"
+            )
+    for name in ("conv_in_kernel", "conv_out_kernel"):
+        if getattr(cfg, name) % 2 == 0:
+            problems.append(f"{name}={getattr(cfg, name)} must be odd so the convolution keeps the sample size")
+    if cfg.time_embedding_type == "fourier" and cfg.time_embed_dim % 2:
+        problems.append(f"time_embedding_type='fourier' needs an even time_embedding_dim, got {cfg.time_embed_dim}")
+    projected_class = cfg.class_embed_type in ("projection", "simple_projection")
+    if projected_class and cfg.projection_class_embeddings_input_dim is None:
+        problems.append(f"class_embed_type={cfg.class_embed_type!r} needs projection_class_embeddings_input_dim")
+    if cfg.addition_embed_type == "text_time":
+        for name in ("addition_time_embed_dim", "projection_class_embeddings_input_dim"):
+            if getattr(cfg, name) is None:
+                problems.append(f"addition_embed_type='text_time' needs {name}")
+    if cfg.addition_embed_type == "image" and cfg.encoder_hid_dim is None:
+        problems.append("addition_embed_type='image' needs encoder_hid_dim (the width of the image embeddings)")
+    if cfg.addition_embed_type == "text":
+        text_dim = cfg.encoder_hid_dim if cfg.encoder_hid_dim is not None else cfg.cross_attention_dim
+        if not isinstance(text_dim, int):
+            problems.append("addition_embed_type='text' needs one cross_attention_dim (or an encoder_hid_dim)")
+        elif text_dim % cfg.addition_embed_type_num_heads:
+            problems.append(
+                f"addition_embed_type='text': the text width {text_dim} is not divisible by "
+                f"addition_embed_type_num_heads={cfg.addition_embed_type_num_heads}"
+            )
+    if cfg.class_embeddings_concat and cfg.addition_embed_type is not None:
+        problems.append(
+            "class_embeddings_concat=True doubles the time embedding's width, so no addition_embed_type (whose "
+            "embedding has the single width) can be added to it; unset one of them"
+        )
+    if cfg.class_embeddings_concat and cfg.class_embed_type is None and cfg.num_class_embeds is None:
+        problems.append("class_embeddings_concat=True needs a class embedding (class_embed_type or num_class_embeds)")
+    if cfg.encoder_hid_dim_type == "text_proj" and not isinstance(cfg.cross_attention_dim, int):
+        problems.append("encoder_hid_dim (a text projection) needs one cross_attention_dim for every block")
+    return problems
+
+
+def _mask_bias(mask: torch.Tensor | None, dtype: torch.dtype, name: str) -> torch.Tensor | None:
+    """A ``(batch, tokens)`` keep mask (1/True keep, 0/False drop) as a ``(batch, 1, tokens)`` bias."""
+    if mask is None:
+        return None
+    if mask.ndim != 2:
+        raise ValueError(f"{name} must have shape (batch, tokens), got {tuple(mask.shape)}")
+    # bias = (1 - mask) * -10000
+    return ((1 - mask.to(dtype)) * MASK_BIAS).unsqueeze(1)
+
+
+class UNet2DConditionModel(Model):
+    """A UNet that maps a noisy ``(batch, in_channels, h, w)`` latent, a timestep and the text
+    encoder's ``(batch, tokens, cross_attention_dim)`` hidden states to a
+    ``(batch, out_channels, h, w)`` prediction.
+
+    Optional conditioning: class labels (the x4 upscaler's noise level), SDXL's pooled text
+    embeddings and size/crop ids (``added_cond_kwargs``), LCM's guidance embedding
+    (``timestep_cond``), ControlNet residuals and T2I-Adapter features.
+    """
+
+    config_class = UNet2DConditionConfig
+    config: UNet2DConditionConfig
+
+    def __init__(self, config: Config | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        cfg = self.config
+        widths = cfg.block_out_channels
+        n = len(widths)
+
+        self.conv_in = nn.Conv2d(
+            cfg.in_channels, widths[0], kernel_size=cfg.conv_in_kernel, padding=(cfg.conv_in_kernel - 1) // 2
+        )
+        self.time_proj = _time_projection(cfg)
+        self.time_embedding = TimestepEmbedding(
+            cfg.timestep_input_dim,
+            cfg.time_embed_dim,
+            act_fn=cfg.act_fn,
+            post_act_fn=cfg.timestep_post_act,
+            cond_proj_dim=cfg.time_cond_proj_dim,
+        )
+        self.encoder_hid_proj = (
+            nn.Linear(cfg.encoder_hid_dim, cfg.cross_attention_dim)  # type: ignore[arg-type]
+            if cfg.encoder_hid_dim_type == "text_proj"
+            else None
+        )
+        self.class_embedding = _class_embedding(cfg)
+        if cfg.addition_embed_type == "text_time":
+            assert cfg.addition_time_embed_dim is not None
+            self.add_time_proj = SinusoidalProjection(cfg.addition_time_embed_dim, cfg.flip_sin_to_cos, cfg.freq_shift)
+        self.add_embedding = _addition_embedding(cfg)
+        self.time_embed_act = activation(cfg.time_embedding_act_fn) if cfg.time_embedding_act_fn else None
+
+        opts = BlockOptions(
+            temb_channels=cfg.blocks_time_embed_dim,
+            eps=cfg.norm_eps,
+            act_fn=cfg.act_fn,
+            dropout=cfg.dropout,
+            time_embedding_norm=cfg.resnet_time_scale_shift,
+            groups=cfg.norm_num_groups,
+        )
+        heads = cfg.heads
+        context_dims = cfg.per_block("cross_attention_dim")
+        only_cross = cfg.per_block("only_cross_attention")
+        layers = cfg.per_block("layers_per_block")
+        depths = cfg.per_block("transformer_layers_per_block")
+
+        def attn_options(level: int, depth: int | tuple[int, ...], only_cross_attention: bool) -> CrossAttnOptions:
+            return CrossAttnOptions(
+                heads=heads[level],
+                context_dim=context_dims[level],
+                layers=depth,
+                linear_projection=cfg.use_linear_projection,
+                only_cross_attention=only_cross_attention,
+                upcast_attention=cfg.upcast_attention,
+            )
+
+        self.down_blocks = nn.ModuleList()
+        for i, block_type in enumerate(cfg.down_block_types):
+            in_width, add_downsample = widths[max(i - 1, 0)], i != n - 1
+            if block_type == "CrossAttnDownBlock2D":
+                block: nn.Module = CrossAttnDownBlock2D(
+                    in_width,
+                    widths[i],
+                    layers[i],
+                    opts,
+                    attn_options(i, depths[i], only_cross[i]),
+                    add_downsample=add_downsample,
+                    downsample_padding=cfg.downsample_padding,
+                )
+            else:
+                block = DownBlock2D(
+                    in_width,
+                    widths[i],
+                    layers[i],
+                    opts,
+                    add_downsample=add_downsample,
+                    downsample_padding=cfg.downsample_padding,
+                )
+            self.down_blocks.append(block)
+
+        self.mid_block: nn.Module | None
+        if cfg.mid_block_type == "UNetMidBlock2DCrossAttn":
+            self.mid_block = UNetMidBlock2DCrossAttn(
+                widths[-1],
+                opts,
+                # a per-layer depth list of the last down block: the mid block reads its first entry
+                attn_options(n - 1, depths[-1], False),
+                output_scale_factor=cfg.mid_block_scale_factor,
+            )
+        elif cfg.mid_block_type == "UNetMidBlock2D":
+            self.mid_block = UNetMidBlock2D(
+                widths[-1],
+                opts,
+                head_dim=None,
+                attn_groups=None,
+                add_attention=False,
+                output_scale_factor=cfg.mid_block_scale_factor,
+                num_layers=0,
+            )
+        else:
+            self.mid_block = None
+
+        up_depths = cfg.up_transformer_layers
+        self.up_blocks = nn.ModuleList()
+        for i, block_type in enumerate(cfg.up_block_types):
+            level = n - 1 - i
+            args = (widths[max(level - 1, 0)], widths[min(level + 1, n - 1)], widths[level], layers[level] + 1, opts)
+            if block_type == "CrossAttnUpBlock2D":
+                self.up_blocks.append(
+                    CrossAttnUpBlock2D(
+                        *args, attn_options(level, up_depths[i], only_cross[level]), add_upsample=i != n - 1
+                    )
+                )
+            else:
+                self.up_blocks.append(UpBlock2D(*args, add_upsample=i != n - 1))
+
+        assert cfg.norm_num_groups is not None
+        self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, widths[0], eps=cfg.norm_eps)
+        self.conv_act = activation(cfg.act_fn)
+        self.conv_out = nn.Conv2d(
+            widths[0], cfg.out_channels, kernel_size=cfg.conv_out_kernel, padding=(cfg.conv_out_kernel - 1) // 2
+        )
+
+    @property
+    def sample_size(self) -> int | tuple[int, int] | None:
+        return self.config.sample_size
+
+    @property
+    def num_upsamplers(self) -> int:
+        """How many times the up path doubles the resolution."""
+        return len(self.up_blocks) - 1
+
+    # -- embeddings ---------------------------------------------------------------------
+    def _time_embed(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        timestep_cond: torch.Tensor | None,
+        class_labels: torch.Tensor | None,
+    ) -> torch.Tensor:
+        timesteps = broadcast_timesteps(timestep, sample.shape[0], sample.device, keep_fractions=True)
+        emb = self.time_embedding(self.time_proj(timesteps).to(dtype=sample.dtype), timestep_cond)
+        if self.class_embedding is None:
+            if class_labels is not None:
+                raise ValueError(
+                    "class_labels were given but this UNet2DConditionModel has no class embedding "
+                    "(its config sets neither class_embed_type nor num_class_embeds)"
+                )
+            return emb
+        if class_labels is None:
+            raise ValueError(
+                "class_labels are required: this UNet2DConditionModel is class-conditioned "
+                f"(class_embed_type={self.config.class_embed_type!r}, num_class_embeds={self.config.num_class_embeds})"
+            )
+        if self.config.class_embed_type == "timestep":
+            class_labels = self.time_proj(class_labels).to(dtype=sample.dtype)
+        class_emb = self.class_embedding(class_labels).to(dtype=sample.dtype)
+        if self.config.class_embeddings_concat:
+            return torch.cat([emb, class_emb], dim=-1)
+        return emb + class_emb
+
+    def _addition_embed(
+        self, emb: torch.Tensor, encoder_hidden_states: torch.Tensor, added: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor | None:
+        kind = self.config.addition_embed_type
+        if kind is None:
+            return None
+        if kind == "text":
+            return self.add_embedding(encoder_hidden_states)
+        if kind == "text_time":
+            text_embeds = _required(added, "text_embeds", kind)
+            time_ids = _required(added, "time_ids", kind)
+            time_embeds = self.add_time_proj(time_ids.flatten()).reshape(text_embeds.shape[0], -1)
+            return self.add_embedding(torch.cat([text_embeds, time_embeds], dim=-1).to(emb.dtype))
+        return self.add_embedding(_required(added, "image_embeds", kind))
+
+    # -- forward ------------------------------------------------------------------------
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        encoder_hidden_states: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+        timestep_cond: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cross_attention_kwargs: Mapping[str, Any] | None = None,
+        added_cond_kwargs: Mapping[str, torch.Tensor] | None = None,
+        down_block_additional_residuals: Sequence[torch.Tensor] | None = None,
+        mid_block_additional_residual: torch.Tensor | None = None,
+        down_intrablock_additional_residuals: Sequence[torch.Tensor] | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> UNet2DConditionOutput | tuple[torch.Tensor]:
+        """Predict for ``sample`` at ``timestep`` (a number, a 0-d tensor or one per batch entry).
+
+        ``encoder_hidden_states``: ``(batch, tokens, dim)`` text-encoder states.
+        ``attention_mask``/``encoder_attention_mask``: ``(batch, tokens)`` keep masks (1 keep,
+        0 drop) for the first (self, or cross with ``only_cross_attention``) and the second
+        (cross) attention of every transformer block. ``cross_attention_kwargs`` may carry a LoRA
+        ``scale``, which has nothing to scale while no LoRA is loaded. ``added_cond_kwargs``:
+        ``text_embeds`` and ``time_ids`` (SDXL), ``image_embeds`` (``addition_embed_type='image'``).
+        ``down_block_additional_residuals`` + ``mid_block_additional_residual``: ControlNet
+        outputs added to the skip connections; ``down_intrablock_additional_residuals``:
+        T2I-Adapter features added inside the down path.
+        """
+        _check_cross_attention_kwargs(cross_attention_kwargs)
+        up_factor = 2**self.num_upsamplers
+        forward_upsample_size = any(dim % up_factor != 0 for dim in sample.shape[-2:])
+        cond_bias = _mask_bias(attention_mask, sample.dtype, "attention_mask")
+        context_bias = _mask_bias(encoder_attention_mask, sample.dtype, "encoder_attention_mask")
+
+        if self.config.center_input_sample:
+            sample = 2 * sample - 1.0
+        emb = self._time_embed(sample, timestep, timestep_cond, class_labels)
+        aug = self._addition_embed(emb, encoder_hidden_states, added_cond_kwargs or {})
+        if aug is not None:
+            emb = emb + aug
+        if self.time_embed_act is not None:
+            emb = self.time_embed_act(emb)
+        if self.encoder_hid_proj is not None:
+            encoder_hidden_states = self.encoder_hid_proj(encoder_hidden_states)
+        cond = Conditioning(encoder_hidden_states, cond_bias, context_bias)
+
+        is_controlnet = mid_block_additional_residual is not None and down_block_additional_residuals is not None
+        intrablock = list(down_intrablock_additional_residuals or [])
+        if down_intrablock_additional_residuals is None and not is_controlnet and down_block_additional_residuals:
+            # diffusers' older T2I-Adapter calling convention: features without a mid residual
+            intrablock = list(down_block_additional_residuals)
+
+        hidden = self.conv_in(sample)
+        residuals: tuple[torch.Tensor, ...] = (hidden,)
+        for block in self.down_blocks:
+            if isinstance(block, CrossAttnDownBlock2D):
+                hidden, block_residuals = block(hidden, emb, cond, intrablock.pop(0) if intrablock else None)
+            else:
+                hidden, block_residuals, _ = block(hidden, emb, None)
+                if intrablock:
+                    # the feature lands on the block's output, which is also its last residual
+                    hidden = hidden + intrablock.pop(0)
+                    block_residuals = (*block_residuals[:-1], hidden)
+            residuals += block_residuals
+
+        if is_controlnet:
+            assert down_block_additional_residuals is not None
+            if len(down_block_additional_residuals) != len(residuals):
+                raise ValueError(
+                    f"down_block_additional_residuals has {len(down_block_additional_residuals)} tensors but this "
+                    f"UNet has {len(residuals)} skip connections; pass one per skip connection"
+                )
+            residuals = tuple(r + extra for r, extra in zip(residuals, down_block_additional_residuals, strict=True))
+
+        if self.mid_block is not None:
+            if isinstance(self.mid_block, UNetMidBlock2DCrossAttn):
+                hidden = self.mid_block(hidden, emb, cond)
+            else:
+                hidden = self.mid_block(hidden, emb)
+            if intrablock and hidden.shape == intrablock[0].shape:
+                hidden = hidden + intrablock.pop(0)
+        if is_controlnet:
+            hidden = hidden + mid_block_additional_residual
+
+        last = len(self.up_blocks) - 1
+        for i, block in enumerate(self.up_blocks):
+            taken = len(block.resnets)
+            block_residuals, residuals = residuals[-taken:], residuals[:-taken]
+            size = tuple(residuals[-1].shape[2:]) if forward_upsample_size and i != last else None
+            if isinstance(block, CrossAttnUpBlock2D):
+                hidden = block(hidden, block_residuals, emb, cond, size)
+            else:
+                hidden, _ = block(hidden, block_residuals, emb, None, upsample_size=size)
+
+        out = self.conv_out(self.conv_act(self.conv_norm_out(hidden)))
+        if not return_dict:
+            return (out,)
+        return UNet2DConditionOutput(sample=out)
+
+
+def _required(added: Mapping[str, torch.Tensor], key: str, kind: str) -> torch.Tensor:
+    if key not in added:
+        raise ValueError(
+            f"this UNet2DConditionModel has addition_embed_type={kind!r}, so added_cond_kwargs must contain {key!r}"
+        )
+    return added[key]
+
+
+def _check_cross_attention_kwargs(kwargs: Mapping[str, Any] | None) -> None:
+    """Accept ``scale`` (a LoRA weight, applied to nothing while no LoRA is loaded); refuse the rest."""
+    unknown = sorted(set(kwargs or {}) - {"scale"})
+    if unknown:
+        raise ValueError(
+            f"cross_attention_kwargs {unknown} are not supported: diffkit's UNet2DConditionModel takes only 'scale'"
+        )
+
+
+def _time_projection(cfg: UNet2DConditionConfig) -> nn.Module:
+    """The weightless (positional) or fixed random (Fourier) projection of the timesteps."""
+    if cfg.time_embedding_type == "fourier":
+        return GaussianFourierProjection(cfg.time_embed_dim // 2, log=False, flip_sin_to_cos=cfg.flip_sin_to_cos)
+    return SinusoidalProjection(cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
+
+
+def _class_embedding(cfg: UNet2DConditionConfig) -> nn.Module | None:
+    """The class-label embedding: a table, an MLP, a linear map, or identity."""
+    width = cfg.time_embed_dim
+    if cfg.class_embed_type is None and cfg.num_class_embeds is not None:
+        return nn.Embedding(cfg.num_class_embeds, width)
+    if cfg.class_embed_type == "timestep":
+        return TimestepEmbedding(cfg.timestep_input_dim, width, act_fn=cfg.act_fn)
+    if cfg.class_embed_type == "identity":
+        return nn.Identity()
+    if cfg.class_embed_type == "projection":
+        assert cfg.projection_class_embeddings_input_dim is not None
+        return TimestepEmbedding(cfg.projection_class_embeddings_input_dim, width)
+    if cfg.class_embed_type == "simple_projection":
+        assert cfg.projection_class_embeddings_input_dim is not None
+        return nn.Linear(cfg.projection_class_embeddings_input_dim, width)
+    return None
+
+
+def _addition_embedding(cfg: UNet2DConditionConfig) -> nn.Module | None:
+    """The embedding of ``addition_embed_type`` added to the time embedding."""
+    width = cfg.time_embed_dim
+    if cfg.addition_embed_type == "text":
+        text_dim = cfg.encoder_hid_dim if cfg.encoder_hid_dim is not None else cfg.cross_attention_dim
+        assert isinstance(text_dim, int)
+        return TextTimeEmbedding(text_dim, width, num_heads=cfg.addition_embed_type_num_heads)
+    if cfg.addition_embed_type == "text_time":
+        assert cfg.projection_class_embeddings_input_dim is not None
+        return TimestepEmbedding(cfg.projection_class_embeddings_input_dim, width)
+    if cfg.addition_embed_type == "image":
+        assert cfg.encoder_hid_dim is not None
+        return ImageTimeEmbedding(cfg.encoder_hid_dim, width)
+    return None
