@@ -41,8 +41,12 @@ _JOURNAL = "journal.json"
 _STALE_AGE = 600.0
 _STAGING_IN_PATH = re.compile(r"[/\\]" + re.escape(STAGING_PREFIX) + r"[^/\\]+[/\\]" + _FILES)
 # weight files and shard indexes of one family: (base, format, variant)
-_WEIGHT_FILE = re.compile(r"^(?P<base>[^.\-]+)(?:-\d{5}-of-\d{5})?(?:\.(?P<variant>[^.]+))?\.(?P<ext>safetensors|bin)$")
-_INDEX_FILE = re.compile(r"^(?P<base>[^.]+)\.(?P<ext>safetensors|bin)(?:\.index)?(?:\.(?P<variant>[^.]+))?(?:\.index)?\.json$")
+_WEIGHT_FILE = re.compile(
+    r"^(?P<base>[^.\-]+)(?:-\d{5}-of-\d{5})?(?:\.(?P<variant>[^.]+))?\.(?P<ext>safetensors|bin)$"
+)
+_INDEX_FILE = re.compile(
+    r"^(?P<base>[^.]+)\.(?P<ext>safetensors|bin)(?:\.index)?(?:\.(?P<variant>[^.]+))?(?:\.index)?\.json$"
+)
 
 
 def shown_path(path: str | os.PathLike[str]) -> str:

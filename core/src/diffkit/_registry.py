@@ -75,7 +75,8 @@ def _match_names(var: str, names: set[str] | None, installed: set[str]) -> set[s
             matched.add(f"diffkit-{name}")
         else:
             close = difflib.get_close_matches(name, sorted(installed), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f" (installed: {', '.join(sorted(installed)) or 'none'})"
+            listed = ", ".join(sorted(installed)) or "none"
+            hint = f"; did you mean {close[0]!r}?" if close else f" (installed: {listed})"
             logger.warning("%s names %r, which is not an installed plugin distribution%s", var, name, hint)
     return matched
 
