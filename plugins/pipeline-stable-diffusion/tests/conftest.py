@@ -38,6 +38,12 @@ def text_encoder(tokenizer, hidden_size: int = 32):
 
 
 @pytest.fixture(scope="session")
+def unet_config():
+    """The tiny UNet's config (a copy)."""
+    return dict(UNET)
+
+
+@pytest.fixture(scope="session")
 def make_text_encoder():
     """``make_text_encoder(tokenizer, hidden_size=32)``: a random tiny ``CLIPTextModel``."""
     return text_encoder

@@ -100,6 +100,34 @@ def test_legacy_scheduler_settings_are_replaced_with_a_warning(components, caplo
     assert "steps_offset" in caplog.text and "clip_sample" in caplog.text
 
 
+def test_default_size_follows_the_unet_and_old_configs_as_diffusers_reads_them(components, unet_config, caplog):
+    from diffkit_pipeline_stable_diffusion.text_to_image import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(**components)
+    assert pipe.default_size() == (32, 32)  # sample_size 16 x VAE factor 2
+    unet_class = type(components["unet"])
+    old = unet_class.from_config({**unet_config, "_diffusers_version": "0.8.1"})
+    with caplog.at_level(logging.WARNING, logger="diffkit.pipeline.stable_diffusion"):
+        assert StableDiffusionPipeline(**{**components, "unet": old}).default_size() == (128, 128)
+    assert "sample_size=16" in caplog.text
+    wide = unet_class.from_config({**unet_config, "sample_size": (16, 24)})
+    assert StableDiffusionPipeline(**{**components, "unet": wide}).default_size() == (32, 48)
+
+
+def test_model_offload_gives_the_same_images(components):
+    from diffkit_pipeline_stable_diffusion.text_to_image import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(**components)
+    pipe.set_progress_bar_config(disable=True)
+    plain = pipe("a cat", generator=_seed(), **CALL).images
+    pipe.enable_offload("model", device="cpu")
+    try:
+        offloaded = pipe("a cat", generator=_seed(), **CALL).images
+    finally:
+        pipe.disable_offload()
+    assert np.array_equal(plain, offloaded)
+
+
 def test_vae_toggles_reach_the_vae(pipe):
     pipe.enable_vae_slicing()
     pipe.enable_vae_tiling()
@@ -128,9 +156,12 @@ def test_vae_toggles_reach_the_vae(pipe):
         ({"prompt": "a cat", "timesteps": [999, 500], "sigmas": [1.0, 0.5]}, ["timesteps", "sigmas"]),
         ({"prompt": "a cat", "latents": torch.zeros(1, 4, 8, 8)}, ["latents", "(1, 4, 16, 16)"]),
         ({"prompt": 3}, ["prompt", "int"]),
+        ({"prompt": "a cat", "callback_on_step_end_tensor_inputs": ["noise"]},
+         ["callback_on_step_end_tensor_inputs", "noise"]),
     ],
     ids=["prompt-and-embeds", "neither", "negative-count", "height", "width", "images-per-prompt",
-         "generator-count", "output-type", "timesteps-and-sigmas", "latents-shape", "prompt-type"],
+         "generator-count", "output-type", "timesteps-and-sigmas", "latents-shape", "prompt-type",
+         "callback-inputs"],
 )
 def test_bad_call_arguments_name_the_argument(pipe, arguments, words):
     with pytest.raises(ValueError) as info:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -138,6 +139,10 @@ class StableDiffusionBase(Pipeline):
     def default_size(self) -> tuple[int, int]:
         """``(height, width)`` in pixels that the UNet was trained at: its ``sample_size`` times the VAE factor."""
         size = self.unet.config.sample_size
+        if isinstance(size, int) and size < 64 and _written_before_0_9(self.unet.config):
+            # diffusers before 0.9 wrote sample_size=32 for the 64-latent SD 1.x UNets; diffusers still reads 64
+            logger.warning("unet config.json (diffusers < 0.9) says sample_size=%d; using 64 as diffusers does", size)
+            size = 64
         height, width = (size, size) if isinstance(size, int) else tuple(size)
         return height * self.vae_scale_factor, width * self.vae_scale_factor
 
@@ -207,23 +212,32 @@ class StableDiffusionBase(Pipeline):
                 f"got height={height}, width={width}"
             )
 
+    def check_callback_inputs(self, names: Sequence[str]) -> None:
+        unknown = [n for n in names if n not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs {unknown} are not among {list(self._callback_tensor_inputs)}"
+            )
+
     @staticmethod
     def check_output_type(output_type: str) -> None:
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type={output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
 
     # -- prompt encoding -----------------------------------------------------------------
-    def _tokenize(self, texts: list[str], max_length: int) -> Any:
-        return self.tokenizer(texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+    def _tokenize(self, texts: list[str], max_length: int, tokenizer: Any = None) -> Any:
+        tokenizer = tokenizer or self.tokenizer
+        return tokenizer(texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
 
-    def _warn_truncated(self, texts: list[str]) -> None:
-        """Log, per prompt, the words that do not fit the tokenizer's length and so are dropped."""
-        limit = self.tokenizer.model_max_length
-        full = self.tokenizer(texts, padding=False, truncation=False)["input_ids"]
+    def _warn_truncated(self, texts: list[str], tokenizer: Any = None) -> None:
+        """Log, per prompt, the words that do not fit the tokenizer's length (``self.tokenizer``'s by default)."""
+        tokenizer = tokenizer or self.tokenizer
+        limit = tokenizer.model_max_length
+        full = tokenizer(texts, padding=False, truncation=False)["input_ids"]
         for ids in full:
             if len(ids) > limit:
                 # the kept sequence ends in the end-of-text token at position limit - 1
-                dropped = self.tokenizer.decode(ids[limit - 1 : -1])
+                dropped = tokenizer.decode(ids[limit - 1 : -1])
                 logger.warning(
                     "a prompt is longer than the %d tokens the text encoder reads; this part of it was cut: %r",
                     limit, dropped,
@@ -373,18 +387,28 @@ class StableDiffusionBase(Pipeline):
         cross_attention_kwargs: dict[str, Any] | None = None,
         callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        timesteps: torch.Tensor | None = None,
+        extra_tensors: dict[str, Any] | None = None,
     ) -> torch.Tensor:
-        """Run the sampling loop; with guidance the UNet sees ``[negative; positive]`` in one call per step."""
+        """Run the sampling loop; with guidance the UNet sees ``[negative; positive]`` in one call per step.
+
+        ``timesteps``: the part of the plan to run (all of it by default; img2img and SDXL's
+        ``denoising_end`` run a slice). ``extra_tensors``: a task's per-call tensors, which its
+        :meth:`unet_input`, :meth:`unet_conditioning` and :meth:`after_step` read and which
+        callbacks may see and replace.
+        """
         tensors: dict[str, Any] = {
             "latents": latents,
             # what the UNet attends to: the negative embeddings first when guidance is on
             "prompt_embeds": torch.cat([negative_prompt_embeds, prompt_embeds]) if guidance.enabled else prompt_embeds,
             "negative_prompt_embeds": negative_prompt_embeds,
+            **(extra_tensors or {}),
         }
-        for i, t in enumerate(self.progress_bar(state.timesteps)):
+        timesteps = state.timesteps if timesteps is None else timesteps
+        for i, t in enumerate(self.progress_bar(timesteps)):
             current = tensors["latents"]
             model_input = torch.cat([current, current]) if guidance.enabled else current
-            model_input = state.scale_model_input(model_input, t)
+            model_input = self.unet_input(state.scale_model_input(model_input, t), tensors)
             prediction = self.unet(
                 model_input,
                 t,
@@ -392,11 +416,28 @@ class StableDiffusionBase(Pipeline):
                 timestep_cond=timestep_cond,
                 cross_attention_kwargs=cross_attention_kwargs,
                 return_dict=False,
+                **self.unet_conditioning(tensors),
             )[0]
             prediction = guidance.combine(prediction)
-            tensors["latents"] = state.step(prediction, t, current, **step_options, return_dict=False)[0]
+            stepped = state.step(prediction, t, current, **step_options, return_dict=False)[0]
+            tensors["latents"] = self.after_step(stepped, i, timesteps, state, tensors)
             tensors = self.run_step_callback(callback_on_step_end, i, t, tensors, callback_on_step_end_tensor_inputs)
         return tensors["latents"]
+
+    # -- hooks of the sampling loop for tasks (no-ops here) ------------------------------
+    def unet_input(self, model_input: torch.Tensor, tensors: dict[str, Any]) -> torch.Tensor:
+        """The scaled latents -> the UNet's input (inpainting UNets take the mask and masked image too)."""
+        return model_input
+
+    def unet_conditioning(self, tensors: dict[str, Any]) -> dict[str, Any]:
+        """Further UNet keyword arguments for a step (SDXL: ``added_cond_kwargs``)."""
+        return {}
+
+    def after_step(
+        self, latents: torch.Tensor, step: int, timesteps: torch.Tensor, state: SchedulerState, tensors: dict[str, Any]
+    ) -> torch.Tensor:
+        """The latents after step ``step`` -> the latents the next step starts from (inpainting pastes the known region)."""
+        return latents
 
     # -- decoding ------------------------------------------------------------------------
     def decode_latents_to_images(
@@ -423,6 +464,13 @@ class StableDiffusionBase(Pipeline):
         features = self.feature_extractor(pil, return_tensors="pt").to(device)
         images, flagged = self.safety_checker(images=images, clip_input=features.pixel_values.to(dtype))
         return images, [bool(f) for f in flagged]
+
+
+def _written_before_0_9(config: Any) -> bool:
+    """Whether a config file came from diffusers older than 0.9 (its ``_diffusers_version``)."""
+    meta = getattr(config, "meta", {}) or {}
+    numbers = re.findall(r"\d+", str(meta.get("_diffusers_version", "")))[:2]
+    return len(numbers) == 2 and (int(numbers[0]), int(numbers[1])) < (0, 9)
 
 
 def _repeat_per_image(embeds: torch.Tensor, copies: int) -> torch.Tensor:

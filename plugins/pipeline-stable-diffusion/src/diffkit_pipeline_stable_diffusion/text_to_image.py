@@ -87,6 +87,7 @@ class StableDiffusionPipeline(StableDiffusionBase):
         )
         self.check_image_size(height, width)
         self.check_output_type(output_type)
+        self.check_callback_inputs(callback_on_step_end_tensor_inputs)
         device = self._execution_device
         guidance = self.guidance(guidance_scale, guidance_rescale)
 
