@@ -97,8 +97,8 @@ class BetaScheduleConfig(Config):
         return value.tolist() if hasattr(value, "tolist") else value
 
 
-#: the discrete-time schedulers that accept one another's configs (diffusers' ``KarrasDiffusionSchedulers``):
-#: the ``compatibles_names`` of each of them
+#: diffusers' ``KarrasDiffusionSchedulers``: the ``compatibles_names`` of each discrete-time scheduler in it
+#: except EDMEulerScheduler, which diffusers lists here but which itself lists none (it accepts no DDPM model)
 KARRAS_COMPATIBLES: tuple[str, ...] = (
     "DDIMScheduler",
     "DDPMScheduler",
