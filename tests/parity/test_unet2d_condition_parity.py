@@ -370,7 +370,7 @@ def configs(draw) -> dict[str, Any]:
     return config
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(config=configs())
 def test_drawn_configs_match_diffusers(config):
     theirs, ours = _build(config)

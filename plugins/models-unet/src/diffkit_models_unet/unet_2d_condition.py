@@ -116,7 +116,8 @@ class UNet2DConditionConfig(Config):
     addition_embed_type: str | None = None
     addition_time_embed_dim: PositiveInt | None = None
     num_class_embeds: PositiveInt | None = None
-    upcast_attention: bool = False
+    #: SDXL's config.json stores ``null``, read as ``False``
+    upcast_attention: bool | None = False
     resnet_time_scale_shift: Literal["default", "scale_shift"] = "default"
     #: used by diffusers' SimpleCrossAttn/ResnetDownsample blocks only: no effect on these blocks
     resnet_skip_time_act: bool = False
@@ -389,7 +390,7 @@ class UNet2DConditionModel(Model):
                 layers=depth,
                 linear_projection=cfg.use_linear_projection,
                 only_cross_attention=only_cross_attention,
-                upcast_attention=cfg.upcast_attention,
+                upcast_attention=bool(cfg.upcast_attention),
             )
 
         self.down_blocks = nn.ModuleList()
