@@ -1,12 +1,13 @@
 """Output containers returned by pipelines and schedulers, and ``numpy_to_pil``.
 
 They behave like diffusers' outputs: attribute access, ``out["images"]``, ``out[0]`` over the
-fields that are not ``None``, and ``to_tuple()``.
+fields that are not ``None``, ``keys()``/``values()``/``items()`` and ``to_tuple()``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -14,27 +15,44 @@ if TYPE_CHECKING:
     from PIL import Image
 
 
-class BaseOutput:
-    """Mixin for output dataclasses: index by name or by position over non-``None`` fields."""
+class BaseOutput(Mapping):
+    """Mixin for output dataclasses: a read-only mapping of the fields that are not ``None``.
+
+    As in diffusers: ``out.images``, ``out["images"]``, ``out[0]`` (by position over those
+    fields), ``keys()``/``values()``/``items()``, ``"images" in out``, ``dict(out)`` and
+    ``to_tuple()``.
+    """
+
+    def _present(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]  # type: ignore[arg-type]
 
     def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(v for v in (getattr(self, f.name) for f in dataclasses.fields(self)) if v is not None)  # type: ignore[arg-type]
-
-    def keys(self) -> list[str]:
-        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]  # type: ignore[arg-type]
+        return tuple(getattr(self, name) for name in self._present())
 
     def __getitem__(self, key: str | int | slice) -> Any:
         if isinstance(key, str):
-            if key not in self.keys():
+            if key not in self._present():
                 raise KeyError(key)
             return getattr(self, key)
         return self.to_tuple()[key]
 
-    def __iter__(self):
-        return iter(self.keys())
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._present())
 
     def __len__(self) -> int:
-        return len(self.keys())
+        return len(self._present())
+
+
+#: diffusers' other spellings of ``output_type`` values
+OUTPUT_TYPE_ALIASES: dict[str, str] = {"numpy": "np"}
+
+
+def output_type_of(output_type: Any, allowed: Sequence[str], note: str = "") -> str:
+    """``output_type`` checked against ``allowed``, with diffusers' aliases (``"numpy"``) resolved."""
+    name = OUTPUT_TYPE_ALIASES.get(output_type, output_type) if isinstance(output_type, str) else output_type
+    if name not in allowed:
+        raise ValueError(f"output_type={output_type!r} is not one of {', '.join(allowed)}{note}")
+    return name
 
 
 @dataclasses.dataclass

@@ -15,7 +15,9 @@ import logging
 import numbers
 import os
 import shutil
+import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -359,15 +361,38 @@ class Pipeline:
         object.__setattr__(self, "_progress_bar_config", dict(kwargs))
 
     def progress_bar(self, iterable: Iterable[Any] | None = None, total: int | None = None) -> Any:
+        """A tqdm bar over the denoising loop; its length is what :attr:`num_timesteps` reports."""
         from tqdm.auto import tqdm
 
         if iterable is None and total is None:
             raise ValueError("progress_bar() needs an iterable or a total")
+        length = total if total is not None else len(iterable) if hasattr(iterable, "__len__") else None
+        if length is not None:
+            _last_call(self)["num_timesteps"] = int(length)
         if iterable is not None:
             return tqdm(iterable, **self._progress_bar_config)
         return tqdm(total=total, **self._progress_bar_config)
 
     numpy_to_pil = staticmethod(numpy_to_pil)
+
+    # -- the last call, per thread --------------------------------------------------------
+    @property
+    def num_timesteps(self) -> int | None:
+        """How many denoising steps the last call made *in this thread* ran; ``None`` before one.
+
+        diffusers keeps this on the pipeline for the last call of any thread; here each thread
+        reads the value of its own last call, so threads sharing one pipeline never see each
+        other's.
+        """
+        return _last_call(self).get("num_timesteps")
+
+    @property
+    def guidance_scale(self) -> float | None:
+        """The ``guidance_scale`` of the last call made in this thread (per thread, like :attr:`num_timesteps`).
+
+        ``None`` before a call, and for pipelines whose ``__call__`` takes no ``guidance_scale``.
+        """
+        return _last_call(self).get("guidance_scale")
 
     def run_step_callback(
         self,
@@ -516,15 +541,26 @@ def _give_backend(models: list[tuple[str, Model]], backend: Any) -> None:
         model.set_attention_backend(backend)
 
 
+#: per thread: pipeline -> what its last call in that thread recorded (``num_timesteps``, ``guidance_scale``)
+_LAST_CALLS = threading.local()
+
+
+def _last_call(pipe: Pipeline) -> dict[str, Any]:
+    calls = getattr(_LAST_CALLS, "calls", None)
+    if calls is None:
+        calls = _LAST_CALLS.calls = weakref.WeakKeyDictionary()
+    return calls.setdefault(pipe, {})
+
+
 def _checked_call(call: Callable[..., Any]) -> Callable[..., Any]:
     """``call`` with its ``num_inference_steps`` and ``generator`` arguments checked first.
 
     Every pipeline gets the same clear errors (``generator=42``, ``num_inference_steps=2.5``)
-    before any work starts, instead of a torch error from deep inside the loop.
+    before any work starts, instead of a torch error from deep inside the loop. It also starts
+    this thread's record of the call (:attr:`Pipeline.guidance_scale`, :attr:`Pipeline.num_timesteps`).
     """
     signature = inspect.signature(call)
-    if not {"num_inference_steps", "generator"} & set(signature.parameters):
-        return call
+    guidance = signature.parameters.get("guidance_scale")
 
     @functools.wraps(call)
     def checked(self: Pipeline, *args: Any, **kwargs: Any) -> Any:
@@ -536,7 +572,18 @@ def _checked_call(call: Callable[..., Any]) -> Callable[..., Any]:
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, numbers.Integral)):
             raise TypeError(f"num_inference_steps must be a whole number of steps, got {steps!r}")
         check_generator(arguments.get("generator"))
-        return call(self, *args, **kwargs)
+        record = _last_call(self)
+        outermost = not record.get("running")  # a subclass's __call__ calling its base is one call
+        if outermost:
+            record.clear()
+            record["running"] = True
+        if guidance is not None and "guidance_scale" not in record:
+            record["guidance_scale"] = arguments.get("guidance_scale", guidance.default)
+        try:
+            return call(self, *args, **kwargs)
+        finally:
+            if outermost:
+                record.pop("running", None)
 
     checked.__diffkit_checked__ = True  # type: ignore[attr-defined]
     return checked

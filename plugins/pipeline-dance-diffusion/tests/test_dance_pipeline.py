@@ -72,6 +72,10 @@ def test_outputs_are_clipped_float_arrays_or_tensors(pipe):
     )
     assert torch.is_tensor(tensor)
     np.testing.assert_array_equal(tensor.numpy(), audio)
+    numpy = pipe(  # diffusers' alias of "np"
+        num_inference_steps=2, audio_length_in_s=0.045, generator=torch.Generator().manual_seed(0), output_type="numpy"
+    ).audios
+    np.testing.assert_array_equal(numpy, audio)
     assert pipe.sample_rate == 1000
 
 

@@ -58,6 +58,8 @@ def test_output_types_share_one_decoding(pipe):
     (arr,) = pipe(generator=_gen(), num_inference_steps=2, output_type="np", return_dict=False)
     assert arr.shape == (1, 8, 8, 3)
     np.testing.assert_allclose(arr, pt.permute(0, 2, 3, 1).numpy(), atol=1e-7)
+    numpy = pipe(generator=_gen(), num_inference_steps=2, output_type="numpy").images  # diffusers' alias of "np"
+    np.testing.assert_array_equal(numpy, arr)
     pil = pipe(generator=_gen(), num_inference_steps=2).images
     assert pil[0].size == (8, 8)
 

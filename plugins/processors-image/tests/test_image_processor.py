@@ -15,6 +15,7 @@ def test_postprocess_output_types():
     assert pt.shape == (2, 3, 4, 5) and pt.min() >= 0 and pt.max() <= 1
     np_images = proc.postprocess(x, "np")
     assert np_images.shape == (2, 4, 5, 3) and np_images.dtype == np.float32
+    np.testing.assert_array_equal(proc.postprocess(x, "numpy"), np_images)  # diffusers' alias of "np"
     pil = proc.postprocess(x, "pil")
     assert len(pil) == 2 and pil[0].size == (5, 4) and pil[0].mode == "RGB"
     assert proc.postprocess(x, "latent") is x

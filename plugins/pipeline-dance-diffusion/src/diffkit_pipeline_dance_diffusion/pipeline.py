@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from diffkit.outputs import AudioPipelineOutput
+from diffkit.outputs import AudioPipelineOutput, output_type_of
 from diffkit.pipeline import Pipeline
 from diffkit.randomness import randn_tensor
 from diffkit.scheduler import Scheduler
@@ -96,8 +96,7 @@ class DanceDiffusionPipeline(Pipeline):
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if output_type not in ("np", "pt"):
-            raise ValueError(f"output_type={output_type!r} is not one of np, pt (audio pipelines return arrays)")
+        output_type = output_type_of(output_type, ("np", "pt"), " (audio pipelines return arrays)")
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(f"got {len(generator)} generators for batch_size={batch_size}; pass one per clip")
         length, kept = plan_length(self.unet.config, len(self.unet.up_blocks), audio_length_in_s)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from diffkit.outputs import ImagePipelineOutput
+from diffkit.outputs import ImagePipelineOutput, output_type_of
 from diffkit.pipeline import Pipeline, image_noise_shape
 from diffkit.randomness import randn_tensor
 from diffkit.scheduler import Scheduler
@@ -59,8 +59,7 @@ class LDMPipeline(Pipeline):
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(f"got {len(generator)} generators for batch_size={batch_size}; pass one per image")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type={output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
+        output_type = output_type_of(output_type, OUTPUT_TYPES)
         processor = VaeImageProcessor()
         device = self._execution_device
         # drawn in float32 like diffusers, then given to the UNet in its own precision

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from diffkit.outputs import output_type_of
 from diffkit.pipeline import Pipeline
 from diffkit.randomness import randn_tensor
 from diffkit.scheduler import Scheduler, SchedulerState
@@ -221,8 +222,7 @@ class StableDiffusionBase(Pipeline):
 
     @staticmethod
     def check_output_type(output_type: str) -> None:
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type={output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
+        output_type_of(output_type, OUTPUT_TYPES)  # "numpy" too: the image processor resolves it
 
     # -- prompt encoding -----------------------------------------------------------------
     def _tokenize(self, texts: list[str], max_length: int, tokenizer: Any = None) -> Any:

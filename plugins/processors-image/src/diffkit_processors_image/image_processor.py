@@ -16,7 +16,7 @@ import torch
 
 from diffkit.config import Config
 from diffkit.finite import check_images
-from diffkit.outputs import numpy_to_pil
+from diffkit.outputs import numpy_to_pil, output_type_of
 from diffkit.processor import Processor
 
 OutputType = Literal["pil", "np", "pt", "latent"]
@@ -87,8 +87,7 @@ class VaeImageProcessor(Processor):
         do_denormalize: Sequence[bool] | None = None,
     ) -> Any:
         """Model output ``NCHW`` in ``[-1, 1]`` -> ``output_type`` (pil | np | pt | latent)."""
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type={output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
+        output_type = output_type_of(output_type, OUTPUT_TYPES)
         if output_type == "latent":
             return image
         check_images(image)
