@@ -95,6 +95,8 @@ class _Origin:
             source = replace(source, path=_fetch(self.repo_id, relpath, self.commit, self.fetch_options))
         elif not local.is_file():
             raise CheckpointError(f"{source.describe()} does not exist")
+        elif not options.get(LINKS_OPT_OUT, False):
+            check_links(self.folder, [relpath])
         module = run_remote_module(source, trust_remote_code=trust)
         self.modules[relpath] = module
         return module, source.describe()
@@ -221,17 +223,42 @@ def _component_target(name: str, entry: ComponentEntry, source: str, origin: _Or
     """
     context = f"component {name!r} in {source}"
     assert entry.library is not None and entry.class_name is not None
-    if entry.library in NATIVE_LIBRARIES:
+    if entry.library in NATIVE_LIBRARIES or diffusers_module_entry(entry, installed_only=True):
         return "class", resolve_component_class(entry.class_name, context)
     code_file = f"{name}/{entry.library}.py"
     if (not registry.has("component_loader", entry.library) and entry.library.isidentifier()
             and origin.has_file(code_file)):
         module, what = origin.run_code(code_file, options)
         return "class", pick_class(module, (Model, Scheduler, Processor), what=what, class_name=entry.class_name)
+    if diffusers_module_entry(entry, installed_only=False):
+        return "class", resolve_component_class(entry.class_name, context)  # says which package to install
     loader = _loader_for(entry.library, context)
     if not loader.can_load(entry.class_name):
         raise CheckpointError(f"{context}: the {entry.library!r} loader does not know class {entry.class_name!r}")
     return "loader", loader
+
+
+def diffusers_module_entry(entry: ComponentEntry, *, installed_only: bool) -> bool:
+    """Whether ``[library, ClassName]`` names a class of one of diffusers' pipeline modules.
+
+    diffusers files some components under the pipeline module that defines them, e.g.
+    ``["stable_diffusion", "StableDiffusionSafetyChecker"]``: a lowercase module name that is no
+    component loader's library, for a class that an installed plugin registers (or, with
+    ``installed_only=False``, that a package of ``registry.toml`` provides). Such classes resolve
+    through the registry by name; the module itself is never imported.
+    """
+    from ._index import packages_providing
+
+    library, class_name = entry.library, entry.class_name
+    if not (isinstance(library, str) and library.isidentifier() and library == library.lower()
+            and isinstance(class_name, str)):
+        return False
+    if registry.has("component_loader", library) or packages_providing("component_loader", library):
+        return False
+    kinds = ("model", "scheduler", "processor")
+    if any(registry.has(kind, class_name) for kind in kinds):
+        return True
+    return not installed_only and any(packages_providing(kind, class_name) for kind in kinds)
 
 
 def _has_variant(folder: Path, variant: str) -> bool:
@@ -373,7 +400,7 @@ def _load_component(name: str, entry: ComponentEntry, origin: _Origin, options: 
             allow_external_symlinks=True,  # the whole component folder was checked above
         )
     if issubclass(target, (Scheduler, Processor)):
-        return target.from_pretrained(folder)
+        return target.from_pretrained(folder, allow_external_symlinks=True)  # the folder was checked above
     raise CheckpointError(f"{where}: {entry.class_name} (component {name!r}) is not a model, scheduler or processor")
 
 
@@ -461,6 +488,12 @@ def _component_files(name: str, entry: ComponentEntry, origin: _Origin, options:
     in_folder = sorted(f for f in origin.listing if f.startswith(prefix))
     how, target = _component_target(name, entry, f"{MODEL_INDEX} of {origin.repo_id}", origin, options)
     if how == "loader":
+        if hasattr(target, "files_needed"):
+            names = {f[len(prefix):] for f in in_folder}
+            chosen = target.files_needed(entry.class_name, names, variant=options.get("variant"),
+                                         use_safetensors=options.get("use_safetensors"),
+                                         allow_pickle=options.get("allow_pickle", False))
+            return [prefix + n for n in chosen]
         return [f for f in in_folder if target_files_match(target, f)]
     if issubclass(target, Model):
         names = {f[len(prefix):] for f in in_folder}
@@ -488,11 +521,14 @@ def component_entry(component: Any) -> ComponentEntry:
         return ComponentEntry(None, None)
     if isinstance(component, (Model, Scheduler, Processor)):
         code = code_file_of(type(component))
-        return ComponentEntry("diffusers" if code is None else code[0], type(component).__name__)
+        # a class diffusers files under one of its pipeline modules names it (``model_index_library``)
+        library = getattr(type(component), "model_index_library", None) or "diffusers"
+        return ComponentEntry(library if code is None else code[0], type(component).__name__)
     for loader_entry in registry.entries("component_loader"):
         loader = _loader_for(loader_entry.name, "save_pretrained")
         if loader.owns(component):
-            return ComponentEntry(loader_entry.name, type(component).__name__)
+            naming = getattr(loader, "entry_class_name", None)  # optional: the name the library resolves
+            return ComponentEntry(loader_entry.name, naming(component) if naming else type(component).__name__)
     raise CheckpointError(
         f"cannot save a component of type {type(component).__name__}: it is not a diffkit model, scheduler or "
         "processor, and no component loader owns it"

@@ -118,6 +118,21 @@ class TransformersLoader(ComponentLoader):
             return False
         return getattr(_transformers(), cls.__name__, None) is cls
 
+    def entry_class_name(self, component: Any) -> str:
+        """The class name ``model_index.json`` records for ``component``.
+
+        transformers 5 hands out backend classes for image processors (``CLIPImageProcessorPil``
+        without torchvision, ``...Fast`` with it); the entry names the class they stand for,
+        which every transformers version resolves.
+        """
+        name = type(component).__name__
+        for suffix in ("ImageProcessorPil", "ImageProcessorFast"):
+            if name.endswith(suffix):
+                base = name.removesuffix(suffix) + "ImageProcessor"
+                if isinstance(getattr(_transformers(), base, None), type):
+                    return base
+        return name
+
     def save(self, component: Any, folder: Path, *, safe_serialization: bool = True, variant: str | None = None,
              max_shard_size: int | str | None = None, **options: Any) -> None:
         """``save_pretrained`` into ``folder``: safetensors, optional variant, in the layout the Hub uses."""
