@@ -140,6 +140,7 @@ def test_save_that_fails_leaves_the_old_checkpoint_and_no_leftovers(ddpm_dir, mo
 
 
 # -- 2. SIGKILL at random points --------------------------------------------------------------
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forks a saver per trial")
 def test_sigkill_during_save_always_leaves_a_loadable_checkpoint(tmp_path):
     """20 forked savers killed at random moments: the path always loads (old or new weights)."""
     path = tmp_path / "ckpt"
@@ -198,6 +199,12 @@ def test_config_linked_from_outside_is_refused(ddpm_dir, tmp_path):
     _move_out(ddpm_dir / "unet" / "config.json", tmp_path / "elsewhere" / "config.json")
     with pytest.raises(CheckpointError, match=r"config\.json.*outside|outside.*config\.json"):
         load(ddpm_dir)
+    scheduler_config = ddpm_dir / "scheduler" / "scheduler_config.json"
+    _move_out(scheduler_config, tmp_path / "elsewhere" / "scheduler_config.json")
+    with pytest.raises(CheckpointError, match="outside"):
+        DDPMScheduler.from_pretrained(scheduler_config.parent)
+    allowed = DDPMScheduler.from_pretrained(scheduler_config.parent, allow_external_symlinks=True)
+    assert allowed.config.num_train_timesteps == 50
 
 
 def test_weights_linked_from_outside_are_refused(ddpm_dir, tmp_path):

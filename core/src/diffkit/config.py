@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Self
 import pydantic
 from pydantic import ConfigDict, PrivateAttr
 
+from ._fs import check_links
 from .checkpoint import read_json, write_json
 from .errors import CheckpointError, ConfigError
 
@@ -276,9 +277,13 @@ class Configurable:
         local_files_only: bool | None = None,
         token: str | bool | None = None,
         proxies: dict[str, str] | None = None,
+        allow_external_symlinks: bool = False,
         **overrides: Any,
     ) -> Self:
-        """Build from ``config_name`` in a folder, ``folder/subfolder`` or a Hub repo (config-only classes)."""
+        """Build from ``config_name`` in a folder, ``folder/subfolder`` or a Hub repo (config-only classes).
+
+        A config file that links outside its folder is refused unless ``allow_external_symlinks=True``.
+        """
         from .hub import resolve_config_folder
 
         folder = resolve_config_folder(
@@ -292,6 +297,8 @@ class Configurable:
             token=token,
             proxies=proxies,
         )
+        if not allow_external_symlinks:
+            check_links(folder, [cls.config_name])
         data = cls.load_config(folder)
         if data.get("_class_name", cls.__name__) != cls.__name__:  # another class's file: a swap
             data = _without_rejected_values(cls.config_class, data, overrides)
