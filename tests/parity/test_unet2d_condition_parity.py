@@ -80,6 +80,61 @@ FIXED = {
 }
 
 
+_SD_BLOCKS = dict(
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    layers_per_block=2,
+)
+#: full-size architectures of published checkpoints (the options of their unet/config.json; the
+#: LCM entry also takes the 9 input channels of the inpainting checkpoints)
+REAL_ARCHITECTURES = {
+    "stable-diffusion-v1-5": dict(_SD_BLOCKS, cross_attention_dim=768, sample_size=64),
+    "lcm-dreamshaper-v7": dict(_SD_BLOCKS, cross_attention_dim=768, time_cond_proj_dim=256, in_channels=9),
+    "stable-diffusion-2-1": dict(
+        _SD_BLOCKS,
+        cross_attention_dim=1024,
+        attention_head_dim=(5, 10, 20, 20),
+        use_linear_projection=True,
+        upcast_attention=True,
+    ),
+    "stable-diffusion-x4-upscaler": dict(
+        _SD_BLOCKS,
+        block_out_channels=(256, 512, 512, 1024),
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 3,
+        up_block_types=("CrossAttnUpBlock2D",) * 3 + ("UpBlock2D",),
+        cross_attention_dim=1024,
+        in_channels=7,
+        num_class_embeds=1000,
+        only_cross_attention=(True, True, True, False),
+        use_linear_projection=True,
+    ),
+    "stable-diffusion-xl-base-1.0": dict(
+        block_out_channels=(320, 640, 1280),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=2,
+        attention_head_dim=(5, 10, 20),
+        transformer_layers_per_block=(1, 2, 10),
+        cross_attention_dim=2048,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REAL_ARCHITECTURES))
+def test_published_architectures_have_the_diffusers_state_dict_layout(name):
+    config = REAL_ARCHITECTURES[name]
+    with torch.device("meta"):
+        theirs = diffusers.UNet2DConditionModel(**config)
+        ours = UNet2DConditionModel(**config)
+    expected = {key: tuple(value.shape) for key, value in theirs.state_dict().items()}
+    assert {key: tuple(value.shape) for key, value in ours.state_dict().items()} == expected
+
+
 def _randomize(model: torch.nn.Module, seed: int) -> None:
     """Give every parameter random values so that no weight goes untested (some start at zero)."""
     generator = torch.Generator().manual_seed(seed)
