@@ -137,3 +137,14 @@ def test_missing_loader_plugin_gives_the_pip_command(checkpoint, diffkit_registr
     message = str(caught.value)
     assert "component_loader 'transformers'" in message
     assert f"{sys.executable} -m pip install diffkit-loader-transformers" in message
+
+
+def test_cli_info_finds_the_pipeline_module_component(checkpoint, capsys):
+    from diffkit import cli
+
+    with registry.isolated(autoload=True):
+        cli.main(["info", str(checkpoint)])
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.strip().startswith("safety_checker"))
+    assert "stable_diffusion" in row and "diffkit-models-safety-checker" in row and "MISSING" not in row
+    assert "component_loader 'stable_diffusion'" not in out

@@ -125,3 +125,25 @@ def not_found_error(registry: Registry, kind: str, name: str, context: str = "")
         suggested_packages=providers,
         load_errors=load_errors,
     )
+
+
+def diffusers_module_entry(library: str | None, class_name: str | None, *, installed_only: bool) -> bool:
+    """Whether ``[library, ClassName]`` names a class of one of diffusers' pipeline modules.
+
+    diffusers files some components under the pipeline module that defines them, e.g.
+    ``["stable_diffusion", "StableDiffusionSafetyChecker"]``: a lowercase module name that is no
+    component loader's library, for a class that an installed plugin registers (or, with
+    ``installed_only=False``, that a package of ``registry.toml`` provides). Such classes resolve
+    through the registry by name; the module itself is never imported.
+    """
+    from ._registry import registry
+
+    if not (isinstance(library, str) and library.isidentifier() and library == library.lower()
+            and isinstance(class_name, str)):
+        return False
+    if registry.has("component_loader", library) or packages_providing("component_loader", library):
+        return False
+    kinds = ("model", "scheduler", "processor")
+    if any(registry.has(kind, class_name) for kind in kinds):
+        return True
+    return not installed_only and any(packages_providing(kind, class_name) for kind in kinds)

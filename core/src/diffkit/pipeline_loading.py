@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._env import env_flag
 from ._fs import LINKS_OPT_OUT, check_links, recover, safe_child
+from ._index import diffusers_module_entry
 from ._registry import registry
 from .checkpoint import MODEL_INDEX, NATIVE_LIBRARIES, ComponentEntry, parse_model_index, read_json
 from .dtypes import dtype_for, one_dtype, parse_dtype
@@ -223,42 +224,20 @@ def _component_target(name: str, entry: ComponentEntry, source: str, origin: _Or
     """
     context = f"component {name!r} in {source}"
     assert entry.library is not None and entry.class_name is not None
-    if entry.library in NATIVE_LIBRARIES or diffusers_module_entry(entry, installed_only=True):
+    in_module = diffusers_module_entry(entry.library, entry.class_name, installed_only=True)
+    if entry.library in NATIVE_LIBRARIES or in_module:
         return "class", resolve_component_class(entry.class_name, context)
     code_file = f"{name}/{entry.library}.py"
     if (not registry.has("component_loader", entry.library) and entry.library.isidentifier()
             and origin.has_file(code_file)):
         module, what = origin.run_code(code_file, options)
         return "class", pick_class(module, (Model, Scheduler, Processor), what=what, class_name=entry.class_name)
-    if diffusers_module_entry(entry, installed_only=False):
+    if diffusers_module_entry(entry.library, entry.class_name, installed_only=False):
         return "class", resolve_component_class(entry.class_name, context)  # says which package to install
     loader = _loader_for(entry.library, context)
     if not loader.can_load(entry.class_name):
         raise CheckpointError(f"{context}: the {entry.library!r} loader does not know class {entry.class_name!r}")
     return "loader", loader
-
-
-def diffusers_module_entry(entry: ComponentEntry, *, installed_only: bool) -> bool:
-    """Whether ``[library, ClassName]`` names a class of one of diffusers' pipeline modules.
-
-    diffusers files some components under the pipeline module that defines them, e.g.
-    ``["stable_diffusion", "StableDiffusionSafetyChecker"]``: a lowercase module name that is no
-    component loader's library, for a class that an installed plugin registers (or, with
-    ``installed_only=False``, that a package of ``registry.toml`` provides). Such classes resolve
-    through the registry by name; the module itself is never imported.
-    """
-    from ._index import packages_providing
-
-    library, class_name = entry.library, entry.class_name
-    if not (isinstance(library, str) and library.isidentifier() and library == library.lower()
-            and isinstance(class_name, str)):
-        return False
-    if registry.has("component_loader", library) or packages_providing("component_loader", library):
-        return False
-    kinds = ("model", "scheduler", "processor")
-    if any(registry.has(kind, class_name) for kind in kinds):
-        return True
-    return not installed_only and any(packages_providing(kind, class_name) for kind in kinds)
 
 
 def _has_variant(folder: Path, variant: str) -> bool:

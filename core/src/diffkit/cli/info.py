@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._index import diffusers_module_entry
 from .._registry import registry, resolve_target
 from ..checkpoint import NATIVE_LIBRARIES
 from ..errors import CheckpointError, ComponentNotFoundError, DuplicateNameError, PluginError
@@ -371,7 +372,7 @@ def inspect_checkpoint(file: Path, source: str, has_file: Callable[[str], bool] 
             )
         for name, (library, cls) in entries.items():
             component = Component(name, library, cls)
-            if library in NATIVE_LIBRARIES:
+            if library in NATIVE_LIBRARIES or diffusers_module_entry(library, cls, installed_only=False):
                 component.found = lookup_class(cls, context)
             elif library is not None:
                 component.found = lookup("component_loader", library, context)
