@@ -346,7 +346,7 @@ def test_third_party_plugin_cannot_knock_out_a_first_party_name(site, ddpm_dir, 
         assert registry.entry("model", "UNet2DModel").dist == "diffkit-models-unet"
         assert registry.has("model", "HostileOwnModel")
         load(ddpm_dir)
-        assert "UNet2DModel" in _plugins_cli()
+        assert "hostile-shadow: registers model 'UNet2DModel', which first-party diffkit-models-unet" in _plugins_cli()
     monkeypatch.setenv("DIFFKIT_DISABLE_PLUGINS", "diffkit-models-unet")
     with registry.isolated(autoload=True):
         assert registry.entry("model", "UNet2DModel").dist == "hostile-shadow"
