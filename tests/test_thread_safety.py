@@ -128,7 +128,8 @@ def test_one_stable_diffusion_pipeline_serves_eight_threads(tmp_path):
     pipe.scheduler = registry.get("scheduler", "EulerAncestralDiscreteScheduler").from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     prompts = ["a photo of a cat", "a red dog", "an astronaut riding a horse", "a small house",
-               "a blue sky", "two cats", "a painting of the moon", "a big green tree"]
+               "a blue sky", "two cats " * 60, "a painting of the moon", "a big green tree"]
+    # the long prompt is tokenized untruncated too (to name what is cut) while others tokenize truncated
     jobs = [
         dict(prompt=prompts[i], seed=10 + i, steps=2 + i % 3, scale=(1.0, 3.0, 7.5, 12.0)[i % 4],
              negative=("blurry" if i % 2 else None))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import logging
 import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,10 @@ from .guidance import classifier_free_guidance, guidance_scale_embedding, rescal
 logger = logging.getLogger("diffkit.pipeline.stable_diffusion")
 
 Prompt = str | list[str]
+
+#: transformers' fast tokenizers set truncation and padding on the shared Rust tokenizer before each
+#: call, so concurrent calls with different settings tokenize with each other's: one call at a time
+_TOKENIZER_LOCK = threading.Lock()
 Generator = torch.Generator | list[torch.Generator]
 StepCallback = Callable[[Any, int, torch.Tensor, dict[str, Any]], dict[str, Any]]
 
@@ -227,13 +232,15 @@ class StableDiffusionBase(Pipeline):
     # -- prompt encoding -----------------------------------------------------------------
     def _tokenize(self, texts: list[str], max_length: int, tokenizer: Any = None) -> Any:
         tokenizer = tokenizer or self.tokenizer
-        return tokenizer(texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+        with _TOKENIZER_LOCK:
+            return tokenizer(texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
 
     def _warn_truncated(self, texts: list[str], tokenizer: Any = None) -> None:
         """Log, per prompt, the words that do not fit the tokenizer's length (``self.tokenizer``'s by default)."""
         tokenizer = tokenizer or self.tokenizer
         limit = tokenizer.model_max_length
-        full = tokenizer(texts, padding=False, truncation=False)["input_ids"]
+        with _TOKENIZER_LOCK:
+            full = tokenizer(texts, padding=False, truncation=False)["input_ids"]
         for ids in full:
             if len(ids) > limit:
                 # the kept sequence ends in the end-of-text token at position limit - 1
