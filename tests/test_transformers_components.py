@@ -148,3 +148,27 @@ def test_cli_info_finds_the_pipeline_module_component(checkpoint, capsys):
     row = next(line for line in out.splitlines() if line.strip().startswith("safety_checker"))
     assert "stable_diffusion" in row and "diffkit-models-safety-checker" in row and "MISSING" not in row
     assert "component_loader 'stable_diffusion'" not in out
+
+
+def test_hub_download_fetches_only_the_files_loading_reads(checkpoint, hub_server, tmp_path):
+    source = tmp_path / "repo"
+    shutil.copytree(checkpoint, source)
+    encoder = transformers.CLIPTextModel.from_pretrained(checkpoint / "text_encoder")
+    transformers.CLIPTextModel.from_pretrained(checkpoint / "text_encoder").half().save_pretrained(
+        tmp_path / "half", variant="fp16")
+    shutil.copy(tmp_path / "half" / "model.fp16.safetensors", source / "text_encoder")
+    (source / "text_encoder" / "pytorch_model.bin").write_bytes(b"not read: pickle needs the opt-in")
+    (source / "text_encoder" / "tf_model.h5").write_bytes(b"another framework")
+    hub_server.add_commit("org/text-toy", source)
+    everything = {p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file()}
+    skipped = {"text_encoder/pytorch_model.bin", "text_encoder/tf_model.h5"}
+
+    pipe = TextToyPipeline.from_pretrained("org/text-toy")
+    assert hub_server.downloaded() == everything - skipped - {"text_encoder/model.fp16.safetensors"}
+    ids = pipe.tokenizer("a photo of a cat", return_tensors="pt").input_ids
+    assert torch.equal(pipe.text_encoder(ids).last_hidden_state, encoder(ids).last_hidden_state)
+
+    hub_server.clear()
+    half = TextToyPipeline.from_pretrained("org/text-toy", variant="fp16", torch_dtype=torch.float16)
+    assert hub_server.downloaded() == {"text_encoder/model.fp16.safetensors"}  # the rest is cached
+    assert half.text_encoder.dtype == torch.float16
