@@ -47,5 +47,5 @@ def test_preprocess_resizes_to_a_multiple_of_the_scale_factor():
 
 
 def test_preprocess_rejects_mixed_inputs():
-    with pytest.raises(TypeError, match="PIL images, numpy arrays or tensors"):
+    with pytest.raises(TypeError, match="a PIL image, a numpy array or a torch tensor"):
         VaeImageProcessor().preprocess([PIL.Image.new("RGB", (8, 8)), np.zeros((8, 8, 3))])
