@@ -217,6 +217,10 @@ def test_output_shape_and_tuple_form():
             ["added_cond_kwargs", "time_ids"],
         ),
         ({}, {"cross_attention_kwargs": {"gligen": {}}}, ["cross_attention_kwargs", "gligen"]),
+        ({}, {"encoder_hidden_states": torch.randn(2, 5, 7)}, ["width 7", "cross_attention_dim is 6"]),
+        ({"encoder_hid_dim": 3}, {"encoder_hidden_states": torch.randn(2, 5, 6)}, ["width 6", "encoder_hid_dim is 3"]),
+        ({}, {"encoder_hidden_states": None}, ["encoder_hidden_states", "(batch, tokens, width)"]),
+        ({}, {"sample": torch.randn(2, 3, 8, 8)}, ["sample", "in_channels=4"]),
         ({}, {"encoder_attention_mask": torch.ones(2, 1, 5)}, ["encoder_attention_mask", "(batch, tokens)"]),
         ({}, {"encoder_attention_mask": torch.ones(2, 4)}, ["4 tokens", "encoder_attention_mask"]),
         (
@@ -229,7 +233,7 @@ def test_output_shape_and_tuple_form():
 def test_bad_forward_arguments_say_what_to_pass(overrides, extra, words):
     model = _model(**overrides)
     with pytest.raises(ValueError) as err, torch.no_grad():
-        model(**_args(), **extra)
+        model(**{**_args(), **extra})
     for word in words:
         assert word in str(err.value), (word, str(err.value))
 

@@ -514,6 +514,33 @@ class UNet2DConditionModel(Model):
         return self.add_embedding(_required(added, "image_embeds", kind))
 
     # -- forward ------------------------------------------------------------------------
+    def _check_inputs(self, sample: torch.Tensor, encoder_hidden_states: torch.Tensor | None) -> None:
+        cfg = self.config
+        if sample.ndim != 4 or sample.shape[1] != cfg.in_channels:
+            raise ValueError(
+                f"sample must have shape (batch, {cfg.in_channels}, height, width) for this UNet "
+                f"(in_channels={cfg.in_channels}), got {tuple(sample.shape)}"
+            )
+        uses_context = cfg.addition_embed_type == "text" or any(
+            isinstance(block, (CrossAttnDownBlock2D, CrossAttnUpBlock2D, UNetMidBlock2DCrossAttn))
+            for block in (*self.down_blocks, *self.up_blocks, self.mid_block)
+        )
+        if not uses_context:
+            return
+        if encoder_hidden_states is None or encoder_hidden_states.ndim != 3:
+            got = None if encoder_hidden_states is None else tuple(encoder_hidden_states.shape)
+            raise ValueError(f"encoder_hidden_states must have shape (batch, tokens, width), got {got}")
+        projected = cfg.encoder_hid_dim_type == "text_proj"
+        widths = {cfg.encoder_hid_dim} if projected else set(cfg.per_block("cross_attention_dim"))
+        width = encoder_hidden_states.shape[-1]
+        if len(widths) == 1 and width not in widths:
+            (expected,) = widths
+            name = "encoder_hid_dim" if projected else "cross_attention_dim"
+            raise ValueError(
+                f"encoder_hidden_states have width {width} but this UNet's {name} is {expected}: "
+                "use the text encoder this UNet was trained with"
+            )
+
     def forward(
         self,
         sample: torch.Tensor,
@@ -543,6 +570,7 @@ class UNet2DConditionModel(Model):
         T2I-Adapter features added inside the down path.
         """
         _check_cross_attention_kwargs(cross_attention_kwargs)
+        self._check_inputs(sample, encoder_hidden_states)
         up_factor = 2**self.num_upsamplers
         forward_upsample_size = any(dim % up_factor != 0 for dim in sample.shape[-2:])
         cond_bias = _mask_bias(attention_mask, sample.dtype, "attention_mask")
