@@ -159,3 +159,18 @@ def test_num_timesteps_and_guidance_scale_describe_the_last_call(diffkit_registr
     assert seen == {2: (2, 3.0), 6: (6, 9.0)}
     assert (pipe.num_timesteps, pipe.guidance_scale) == (3, 1.0)  # this thread's last call is unchanged
 
+
+
+# -- a missing file is an OSError, as in diffusers ------------------------------------------------
+
+
+def test_missing_weights_are_an_oserror_that_keeps_our_message(checkpoint, tmp_path):
+    from diffkit.errors import CheckpointError, MissingFileError
+
+    (checkpoint / "model" / "diffusion_pytorch_model.safetensors").unlink()
+    for load in (lambda: ToyModel.from_pretrained(checkpoint / "model"), lambda: DiffusionPipeline.from_pretrained(checkpoint)):
+        with pytest.raises(OSError, match="no weight file diffusion_pytorch_model.safetensors in") as err:
+            load()
+        assert isinstance(err.value, MissingFileError) and isinstance(err.value, CheckpointError)
+    with pytest.raises(OSError, match="has no config.json"):
+        ToyModel.from_pretrained(tmp_path)

@@ -33,6 +33,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "hookimpl": ("diffkit.hookspecs", "hookimpl"),
     "ComponentNotFoundError": ("diffkit.errors", "ComponentNotFoundError"),
     "CheckpointError": ("diffkit.errors", "CheckpointError"),
+    "MissingFileError": ("diffkit.errors", "MissingFileError"),
     "ConfigError": ("diffkit.errors", "ConfigError"),
     "PluginError": ("diffkit.errors", "PluginError"),
     "DuplicateNameError": ("diffkit.errors", "DuplicateNameError"),
@@ -103,6 +104,7 @@ if TYPE_CHECKING:
         ComponentNotFoundError,
         ConfigError,
         DuplicateNameError,
+        MissingFileError,
         PluginError,
         RemoteCodeError,
     )

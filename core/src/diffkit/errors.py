@@ -56,5 +56,13 @@ class CheckpointError(DiffkitError, ValueError):
     """A checkpoint folder or file is malformed, incomplete or inconsistent."""
 
 
+class MissingFileError(CheckpointError, OSError):
+    """A file the checkpoint needs (weights, a shard, a config) is not there.
+
+    Also an ``OSError``, which diffusers raises in this case, so ``except OSError`` written for
+    diffusers catches it.
+    """
+
+
 class RemoteCodeError(DiffkitError, PermissionError):
     """Code that does not come from an installed package was refused or failed to load."""

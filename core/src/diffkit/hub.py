@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError
+from .errors import CheckpointError, MissingFileError
 from .weights import SHARD_GLOB, _formats, weight_file_candidates
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
@@ -198,9 +198,9 @@ def resolve_model_folder(
     if local is not None:
         folder = local / subfolder if subfolder else local
         if not folder.is_dir():
-            raise CheckpointError(f"{local} has no subfolder {subfolder!r}")
+            raise MissingFileError(f"{local} has no subfolder {subfolder!r}")
         if not (folder / config_name).is_file():
-            raise CheckpointError(f"{folder} has no {config_name}: is it a model folder?")
+            raise MissingFileError(f"{folder} has no {config_name}: is it a model folder?")
         return folder
     assert repo_id is not None
     prefix = f"{subfolder}/" if subfolder else ""
@@ -214,7 +214,7 @@ def resolve_model_folder(
     root = download_files(repo_id, patterns, **hub_kwargs(**hub))
     folder = root / subfolder if subfolder else root
     if not (folder / config_name).is_file():
-        raise CheckpointError(f"Hub repo {repo_id!r} has no {prefix}{config_name}")
+        raise MissingFileError(f"Hub repo {repo_id!r} has no {prefix}{config_name}")
     return folder
 
 
@@ -226,14 +226,14 @@ def resolve_config_folder(
     if local is not None:
         folder = local / subfolder if subfolder else local
         if not (folder / config_name).is_file():
-            raise CheckpointError(f"{folder} has no {config_name}")
+            raise MissingFileError(f"{folder} has no {config_name}")
         return folder
     assert repo_id is not None
     prefix = f"{subfolder}/" if subfolder else ""
     root = download_files(repo_id, [prefix + config_name], **hub_kwargs(**hub))
     folder = root / subfolder if subfolder else root
     if not (folder / config_name).is_file():
-        raise CheckpointError(f"Hub repo {repo_id!r} has no {prefix}{config_name}")
+        raise MissingFileError(f"Hub repo {repo_id!r} has no {prefix}{config_name}")
     return folder
 
 

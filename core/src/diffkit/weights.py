@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._fs import write_error
-from .errors import CheckpointError
+from .errors import CheckpointError, MissingFileError
 
 if TYPE_CHECKING:
     import torch
@@ -102,16 +102,16 @@ def find_weights(
     present = sorted(p.name for p in folder.glob(f"{base}*")) if folder.is_dir() else []
     wanted = with_variant(f"{base}.{SAFETENSORS}", variant)
     if not folder.is_dir():
-        raise CheckpointError(f"weights folder {folder} does not exist")
+        raise MissingFileError(f"weights folder {folder} does not exist")
     pickles = [n for n in present if n.endswith(".bin") or ".bin." in n]
     if pickles and not (allow_pickle and use_safetensors is False):
-        raise CheckpointError(
+        raise MissingFileError(
             f"{folder} holds only pickle weights ({', '.join(pickles)}), no {wanted}. Pickle files can run "
             "code when loaded; to load them anyway pass use_safetensors=False, allow_pickle=True "
             "(they are then read with torch.load(weights_only=True))."
         )
     hint = f" (found: {', '.join(present)})" if present else ""
-    raise CheckpointError(f"no weight file {wanted} in {folder}{hint}")
+    raise MissingFileError(f"no weight file {wanted} in {folder}{hint}")
 
 
 def _shards_from_index(index_path: Path) -> list[Path]:
@@ -130,7 +130,7 @@ def _shards_from_index(index_path: Path) -> list[Path]:
             raise CheckpointError(f"shard index {index_path} names an invalid shard file {shard!r}")
         path = index_path.parent / shard
         if not path.is_file():
-            raise CheckpointError(f"shard {path} listed in {index_path.name} is missing")
+            raise MissingFileError(f"shard {path} listed in {index_path.name} is missing")
         shards.append(path)
     return shards
 

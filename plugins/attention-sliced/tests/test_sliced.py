@@ -72,15 +72,20 @@ def test_scores_are_computed_one_slice_at_a_time(monkeypatch):
     assert shapes == [(3, 5, 5)] * 5 + [(1, 5, 5)]
 
 
-def test_a_slice_larger_than_the_heads_is_refused():
+def test_a_slice_larger_than_the_heads_is_clamped_and_said_once():
     q, k, v = qkv(heads=4)
-    with pytest.raises(ValueError, match=r"slice_size=5 is larger than the 4 head\(s\)"):
-        SlicedBackend(5)(q, k, v)
+    backend = SlicedBackend(5)
+    with pytest.warns(UserWarning, match=r"slice_size=5 is larger than the 4 head\(s\).*4 head\(s\) at a time") as said:
+        out = backend(q, k, v)
+        backend(q, k, v)
+    assert len(said) == 1
+    torch.testing.assert_close(out, SlicedBackend(4)(q, k, v), rtol=0, atol=0)  # the same slices as 4
     layer = torch.nn.Module()
     layer.heads = 2
-    with pytest.raises(ValueError, match=r"slice_size=3 .* attention layer 'unet.mid_block.attentions.0'"):
+    with pytest.warns(UserWarning, match=r"slice_size=3 .* attention layer 'unet.mid_block.attentions.0'"):
         SlicedBackend(3).check_layer(layer, "unet.mid_block.attentions.0")
-    SlicedBackend(2).check_layer(layer, "unet.mid_block.attentions.0")
+    with pytest.warns(UserWarning):
+        assert SlicedBackend(3).heads_per_slice(2) == 2
 
 
 @pytest.mark.parametrize("bad", [0, -1, "half", True, 1.5, None])

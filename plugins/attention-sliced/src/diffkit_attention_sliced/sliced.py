@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numbers
+import threading
+import warnings
 from typing import Any
 
 import torch
@@ -19,12 +21,12 @@ class SlicedBackend(AttentionBackend):
 
     - ``"auto"``: half the layer's heads (at least one), so each image takes two slices;
     - ``"max"``: one head at a time, the least memory;
-    - an int: that many heads per slice; it may not exceed the number of heads of any layer
-      it serves (``ValueError`` naming ``slice_size`` and the layer).
+    - an int: that many heads per slice; in a layer with fewer heads it is clamped to that
+      layer's heads, as diffusers' sliced processor does, with one warning per backend.
 
     Each slice is ``softmax(q kᵀ · scale + mask) v`` written out, so results equal SDPA's
-    within float32 round-off. The instance keeps only ``slice_size``: one instance serves
-    every layer and every thread.
+    within float32 round-off. The instance keeps ``slice_size`` (and whether it has warned):
+    one instance serves every layer and every thread.
     """
 
     name = "sliced"
@@ -36,6 +38,7 @@ class SlicedBackend(AttentionBackend):
         if not valid:
             raise ValueError(f"slice_size must be 'auto', 'max' or a positive int, got {slice_size!r}")
         self.slice_size: str | int = slice_size if isinstance(slice_size, str) else int(slice_size)
+        self._warned = threading.Event()
 
     def options(self) -> dict[str, Any]:
         return {"slice_size": self.slice_size}
@@ -48,11 +51,16 @@ class SlicedBackend(AttentionBackend):
             return 1
         assert isinstance(self.slice_size, int)
         if self.slice_size > heads:
-            layer = f"attention layer {where!r}" if where else "this attention layer"
-            raise ValueError(
-                f"slice_size={self.slice_size} is larger than the {heads} head(s) of {layer}; "
-                f"use slice_size <= {heads}, 'auto' or 'max'"
-            )
+            if not self._warned.is_set():
+                self._warned.set()
+                layer = f"attention layer {where!r}" if where else "an attention layer"
+                warnings.warn(
+                    f"slice_size={self.slice_size} is larger than the {heads} head(s) of {layer}: its slices "
+                    f"take {heads} head(s) at a time (said once for this backend)",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            return heads
         return self.slice_size
 
     def check_layer(self, layer: Any, where: str) -> None:
