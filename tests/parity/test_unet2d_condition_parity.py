@@ -338,6 +338,7 @@ def test_diffusers_loads_what_diffkit_saves():
 def test_sliced_attention_backend_matches_diffusers():
     theirs, ours = _build(FIXED["sd21"])
     kwargs = _inputs(FIXED["sd21"])
+    kwargs["encoder_attention_mask"] = torch.tensor([[1, 1, 0, 1, 0], [1, 1, 1, 1, 1]])
     for slice_size in ("max", "auto", 1):
         ours.set_attention_backend("sliced", slice_size=slice_size)
         _assert_close(*_outputs(theirs, ours, kwargs))
