@@ -238,3 +238,19 @@ def test_files_needed_picks_one_format_and_variant():
         "config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
         "model-00002-of-00002.safetensors"]
     assert is_weight_file("model.safetensors.index.fp16.json") and not is_weight_file("tokenizer_config.json")
+
+
+def test_without_transformers_the_core_works_and_loading_says_what_to_install(tmp_path):
+    """transformers hidden: the registry, the safety checker and diffkit itself still import."""
+    code = (
+        "import sys; sys.modules['transformers'] = None\n"
+        "from diffkit import registry, CheckpointError\n"
+        "assert 'transformers' in registry.names('component_loader')\n"
+        "registry.get('model', 'StableDiffusionSafetyChecker')\n"
+        "loader = registry.get('component_loader', 'transformers')()\n"
+        "for call in (lambda: loader.load('CLIPTextModel', sys.argv[1]), lambda: loader.can_load('CLIPTextModel')):\n"
+        "    try:\n        call()\n    except CheckpointError as exc:\n        print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.count("need the transformers package") == 2 and "pip install 'transformers>=4.40'" in out

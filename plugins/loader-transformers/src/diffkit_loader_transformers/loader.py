@@ -9,6 +9,7 @@ component folder (``local_files_only``: the core downloads, transformers never d
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,13 @@ from .clip import LEGACY_PREFIX
 from .files import WEIGHTS_BASE, files_needed, model_weight_format
 
 def _transformers() -> Any:
-    import transformers
-
+    try:
+        import transformers
+    except ImportError as exc:
+        raise CheckpointError(
+            f"components of library 'transformers' need the transformers package, which cannot be imported "
+            f"({exc}); install it with: {sys.executable} -m pip install 'transformers>=4.40'"
+        ) from None
     return transformers
 
 
@@ -73,6 +79,7 @@ class TransformersLoader(ComponentLoader):
     library = "transformers"
 
     def can_load(self, class_name: str) -> bool:
+        _transformers()  # a missing transformers is its own error, not an unknown class
         try:
             resolve_class(class_name)
         except CheckpointError:
