@@ -7,6 +7,7 @@ libraries round fp16 intermediates at different places). Every call is 32x32 px 
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -73,8 +74,9 @@ def _generators(seed, count: int | None):
 
 def _run_both(reference, pipe, seed: int = 0, generators: int | None = None, **call):
     call = {"prompt": PROMPT, "num_inference_steps": 3, "height": 32, "width": 32, "output_type": "np", **call}
-    expected = reference(generator=_generators(seed, generators), **call)
-    got = pipe(generator=_generators(seed, generators), **call)
+    # each side gets its own copy: diffusers pops "scale" out of the caller's cross_attention_kwargs
+    expected = reference(generator=_generators(seed, generators), **copy.deepcopy(call))
+    got = pipe(generator=_generators(seed, generators), **copy.deepcopy(call))
     return expected, got
 
 
@@ -143,6 +145,17 @@ def test_a_unet_that_embeds_the_guidance_scale_matches(tmp_path):
     other = pipe(PROMPT, guidance_scale=2.0, num_inference_steps=2, height=32, width=32, output_type="np",
                  generator=torch.Generator().manual_seed(0)).images
     assert np.abs(other - got.images).max() > 1e-5  # the scale reaches the UNet
+
+
+def test_cross_attention_scale_without_lora_changes_nothing(checkpoint):
+    """``cross_attention_kwargs={"scale": s}`` scales LoRA layers only; with none loaded the images stay
+    diffusers' plain ones. (diffusers 0.42.1 itself fails on it under transformers 5: its LoRA unscaling
+    looks for the text encoder's ``text_model``.)"""
+    reference, pipe, _ = checkpoint
+    call = {"num_inference_steps": 3, "height": 32, "width": 32, "output_type": "np"}
+    expected = reference(PROMPT, generator=torch.Generator().manual_seed(0), **call).images
+    got = pipe(PROMPT, cross_attention_kwargs={"scale": 0.5}, generator=torch.Generator().manual_seed(0), **call).images
+    _assert_close(expected, got)
 
 
 def test_the_prompt_changes_the_image(checkpoint):
