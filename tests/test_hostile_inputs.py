@@ -220,6 +220,8 @@ def test_component_folder_linked_from_outside_is_refused_unless_allowed(ddpm_dir
     with pytest.raises(CheckpointError, match="allow_external_symlinks"):
         load(ddpm_dir)
     assert first_weight(load(ddpm_dir, allow_external_symlinks=True)).shape[0] == 8
+    with pytest.raises(CheckpointError, match="outside"):
+        UNet2DModel.from_pretrained(ddpm_dir, subfolder="unet")
 
 
 def test_hub_cache_layout_links_into_blobs_keep_working(ddpm_dir, tmp_path):

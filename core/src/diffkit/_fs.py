@@ -274,6 +274,19 @@ def check_links(root: Path, names: list[str]) -> None:
             pending.extend(path.iterdir())
 
 
+def check_folder_links(source: str | os.PathLike[str], subfolder: str | None, folder: Path, names: list[str]) -> None:
+    """:func:`check_links` for one model or config folder.
+
+    With a ``subfolder`` of a local folder, the checkpoint is the folder the caller named: the
+    subfolder itself (a link out of it, say) and everything in it are checked.
+    """
+    given = Path(source)
+    if subfolder and given.is_dir():
+        check_links(given, [subfolder])
+    else:
+        check_links(folder, names)
+
+
 def safe_child(root: Path, name: str, what: str) -> Path:
     """``root / name`` for a single path component coming from a JSON file; refuses escapes."""
     if (

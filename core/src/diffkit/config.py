@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Self
 import pydantic
 from pydantic import ConfigDict, PrivateAttr
 
-from ._fs import check_links
+from ._fs import check_folder_links
 from .checkpoint import read_json, write_json
 from .errors import CheckpointError, ConfigError
 
@@ -298,7 +298,7 @@ class Configurable:
             proxies=proxies,
         )
         if not allow_external_symlinks:
-            check_links(folder, [cls.config_name])
+            check_folder_links(pretrained_model_name_or_path, subfolder, folder, [cls.config_name])
         data = cls.load_config(folder)
         if data.get("_class_name", cls.__name__) != cls.__name__:  # another class's file: a swap
             data = _without_rejected_values(cls.config_class, data, overrides)

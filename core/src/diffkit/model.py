@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Self
 
 import torch
 
-from ._fs import atomic_save, check_links, recover
+from ._fs import atomic_save, check_folder_links, recover
 from .config import Config, Configurable
 from .dtypes import one_dtype, parse_dtype
 from .errors import CheckpointError
@@ -135,7 +135,7 @@ class Model(torch.nn.Module, Configurable):
         )
         recover(folder)  # finish or clean up a save into this folder that was killed
         if not allow_external_symlinks:
-            check_links(folder, [cls.config_name])
+            check_folder_links(pretrained_model_name_or_path, subfolder, folder, [cls.config_name])
         config_path = folder / cls.config_name
         config = cls.config_class.from_dict(
             cls.load_config(folder), source=config_path, **config_overrides
@@ -144,7 +144,7 @@ class Model(torch.nn.Module, Configurable):
             folder, cls.weights_name, variant=variant, use_safetensors=use_safetensors, allow_pickle=allow_pickle
         )
         if not allow_external_symlinks:
-            check_links(folder, [f.name for f in files])
+            check_folder_links(pretrained_model_name_or_path, subfolder, folder, [f.name for f in files])
         dtype = parse_dtype(torch_dtype)
         if dtype == "auto":
             dtype = checkpoint_dtype(files)
