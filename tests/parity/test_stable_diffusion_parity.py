@@ -291,3 +291,9 @@ def test_diffusers_loads_what_diffkit_saves(checkpoint, checker_checkpoints, tmp
     expected, got = _run_both(reloaded, pipe, prompt=["a cat", "a dog"], generators=2, negative_prompt=["ugly", ""])
     _assert_close(expected.images, got.images)
     assert got.nsfw_content_detected == expected.nsfw_content_detected
+    # and diffkit reads its own save back (text encoder in the Hub's transformers-4 key layout), clip_skip too
+    again = _load(tmp_path / "saved")
+    call = {"num_inference_steps": 2, "height": 32, "width": 32, "output_type": "np", "clip_skip": 1}
+    first = pipe(PROMPT, generator=torch.Generator().manual_seed(1), **call).images
+    second = again(PROMPT, generator=torch.Generator().manual_seed(1), **call).images
+    _assert_close(first, second)
