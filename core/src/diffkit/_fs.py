@@ -152,7 +152,7 @@ def recover(target: str | os.PathLike[str]) -> None:
     for staging in candidates:
         try:
             _recover_one(target, staging)
-        except OSError as exc:
+        except (OSError, ValueError, KeyError) as exc:
             logger.warning("%s holds an unfinished save that cannot be cleaned up: %s", staging, exc)
     _recover_legacy(target)
 
