@@ -101,6 +101,9 @@ def test_save_writes_the_prefixed_layout_that_both_versions_read(loader, text_en
     assert keys == {f"text_model.{k}" for k in text_encoder.state_dict()}
     again = transformers.CLIPTextModel.from_pretrained(tmp_path / "saved", local_files_only=True)
     assert torch.equal(again(IDS).last_hidden_state, text_encoder(IDS).last_hidden_state)
+    # a model loaded from the prefixed layout (transformers 5 then saves it prefixed itself): no double prefix
+    loader.save(loader.load("CLIPTextModel", tmp_path / "saved"), tmp_path / "resaved")
+    assert set(load_file(tmp_path / "resaved" / "model.safetensors")) == keys
 
 
 def test_save_sharded_with_variant(loader, text_encoder, tmp_path):
