@@ -344,7 +344,6 @@ class UNet2DConditionModel(Model):
         super().__init__(config, **kwargs)
         cfg = self.config
         widths = cfg.block_out_channels
-        n = len(widths)
 
         self.conv_in = nn.Conv2d(
             cfg.in_channels, widths[0], kernel_size=cfg.conv_in_kernel, padding=(cfg.conv_in_kernel - 1) // 2
@@ -369,89 +368,10 @@ class UNet2DConditionModel(Model):
         self.add_embedding = _addition_embedding(cfg)
         self.time_embed_act = activation(cfg.time_embedding_act_fn) if cfg.time_embedding_act_fn else None
 
-        opts = BlockOptions(
-            temb_channels=cfg.blocks_time_embed_dim,
-            eps=cfg.norm_eps,
-            act_fn=cfg.act_fn,
-            dropout=cfg.dropout,
-            time_embedding_norm=cfg.resnet_time_scale_shift,
-            groups=cfg.norm_num_groups,
-        )
-        heads = cfg.heads
-        context_dims = cfg.per_block("cross_attention_dim")
-        only_cross = cfg.per_block("only_cross_attention")
-        layers = cfg.per_block("layers_per_block")
-        depths = cfg.per_block("transformer_layers_per_block")
-
-        def attn_options(level: int, depth: int | tuple[int, ...], only_cross_attention: bool) -> CrossAttnOptions:
-            return CrossAttnOptions(
-                heads=heads[level],
-                context_dim=context_dims[level],
-                layers=depth,
-                linear_projection=cfg.use_linear_projection,
-                only_cross_attention=only_cross_attention,
-                upcast_attention=bool(cfg.upcast_attention),
-            )
-
-        self.down_blocks = nn.ModuleList()
-        for i, block_type in enumerate(cfg.down_block_types):
-            in_width, add_downsample = widths[max(i - 1, 0)], i != n - 1
-            if block_type == "CrossAttnDownBlock2D":
-                block: nn.Module = CrossAttnDownBlock2D(
-                    in_width,
-                    widths[i],
-                    layers[i],
-                    opts,
-                    attn_options(i, depths[i], only_cross[i]),
-                    add_downsample=add_downsample,
-                    downsample_padding=cfg.downsample_padding,
-                )
-            else:
-                block = DownBlock2D(
-                    in_width,
-                    widths[i],
-                    layers[i],
-                    opts,
-                    add_downsample=add_downsample,
-                    downsample_padding=cfg.downsample_padding,
-                )
-            self.down_blocks.append(block)
-
-        self.mid_block: nn.Module | None
-        if cfg.mid_block_type == "UNetMidBlock2DCrossAttn":
-            self.mid_block = UNetMidBlock2DCrossAttn(
-                widths[-1],
-                opts,
-                # a per-layer depth list of the last down block: the mid block reads its first entry
-                attn_options(n - 1, depths[-1], False),
-                output_scale_factor=cfg.mid_block_scale_factor,
-            )
-        elif cfg.mid_block_type == "UNetMidBlock2D":
-            self.mid_block = UNetMidBlock2D(
-                widths[-1],
-                opts,
-                head_dim=None,
-                attn_groups=None,
-                add_attention=False,
-                output_scale_factor=cfg.mid_block_scale_factor,
-                num_layers=0,
-            )
-        else:
-            self.mid_block = None
-
-        up_depths = cfg.up_transformer_layers
-        self.up_blocks = nn.ModuleList()
-        for i, block_type in enumerate(cfg.up_block_types):
-            level = n - 1 - i
-            args = (widths[max(level - 1, 0)], widths[min(level + 1, n - 1)], widths[level], layers[level] + 1, opts)
-            if block_type == "CrossAttnUpBlock2D":
-                self.up_blocks.append(
-                    CrossAttnUpBlock2D(
-                        *args, attn_options(level, up_depths[i], only_cross[level]), add_upsample=i != n - 1
-                    )
-                )
-            else:
-                self.up_blocks.append(UpBlock2D(*args, add_upsample=i != n - 1))
+        opts = block_options(cfg)
+        self.down_blocks = nn.ModuleList(build_down_blocks(cfg, opts))
+        self.mid_block = build_mid_block(cfg, opts)
+        self.up_blocks = nn.ModuleList(build_up_blocks(cfg, opts))
 
         assert cfg.norm_num_groups is not None
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, widths[0], eps=cfg.norm_eps)
@@ -640,6 +560,88 @@ class UNet2DConditionModel(Model):
         if not return_dict:
             return (out,)
         return UNet2DConditionOutput(sample=out)
+
+
+def block_options(cfg: UNet2DConditionConfig) -> BlockOptions:
+    """The resnet settings every block of a UNet built from ``cfg`` shares."""
+    return BlockOptions(
+        temb_channels=cfg.blocks_time_embed_dim,
+        eps=cfg.norm_eps,
+        act_fn=cfg.act_fn,
+        dropout=cfg.dropout,
+        time_embedding_norm=cfg.resnet_time_scale_shift,
+        groups=cfg.norm_num_groups,
+    )
+
+
+def _attn_options(
+    cfg: UNet2DConditionConfig, level: int, depth: int | tuple[int, ...], only_cross_attention: bool
+) -> CrossAttnOptions:
+    """Transformer settings of the blocks at resolution ``level`` (0: the highest)."""
+    return CrossAttnOptions(
+        heads=cfg.heads[level],
+        context_dim=cfg.per_block("cross_attention_dim")[level],
+        layers=depth,
+        linear_projection=cfg.use_linear_projection,
+        only_cross_attention=only_cross_attention,
+        upcast_attention=bool(cfg.upcast_attention),
+    )
+
+
+def build_down_blocks(cfg: UNet2DConditionConfig, opts: BlockOptions) -> list[nn.Module]:
+    """The down path: one block per width, each but the last halving the resolution."""
+    widths, n = cfg.block_out_channels, len(cfg.block_out_channels)
+    layers = cfg.per_block("layers_per_block")
+    depths = cfg.per_block("transformer_layers_per_block")
+    only_cross = cfg.per_block("only_cross_attention")
+    blocks: list[nn.Module] = []
+    for i, block_type in enumerate(cfg.down_block_types):
+        args = (widths[max(i - 1, 0)], widths[i], layers[i], opts)
+        sampling = dict(add_downsample=i != n - 1, downsample_padding=cfg.downsample_padding)
+        if block_type == "CrossAttnDownBlock2D":
+            blocks.append(CrossAttnDownBlock2D(*args, _attn_options(cfg, i, depths[i], only_cross[i]), **sampling))
+        else:
+            blocks.append(DownBlock2D(*args, **sampling))
+    return blocks
+
+
+def build_mid_block(cfg: UNet2DConditionConfig, opts: BlockOptions) -> nn.Module | None:
+    """The block at the lowest resolution, or ``None`` (``mid_block_type=None``)."""
+    width = cfg.block_out_channels[-1]
+    if cfg.mid_block_type == "UNetMidBlock2DCrossAttn":
+        # with per-layer depths the mid block reads the first depth of the last down block
+        depth = cfg.per_block("transformer_layers_per_block")[-1]
+        attn = _attn_options(cfg, len(cfg.block_out_channels) - 1, depth, False)
+        return UNetMidBlock2DCrossAttn(width, opts, attn, output_scale_factor=cfg.mid_block_scale_factor)
+    if cfg.mid_block_type == "UNetMidBlock2D":
+        return UNetMidBlock2D(
+            width,
+            opts,
+            head_dim=None,
+            attn_groups=None,
+            add_attention=False,
+            output_scale_factor=cfg.mid_block_scale_factor,
+            num_layers=0,
+        )
+    return None
+
+
+def build_up_blocks(cfg: UNet2DConditionConfig, opts: BlockOptions) -> list[nn.Module]:
+    """The up path, lowest resolution first: each block takes one more resnet than its down
+    block (for the downsampler's residual) and each but the last doubles the resolution."""
+    widths, n = cfg.block_out_channels, len(cfg.block_out_channels)
+    layers = cfg.per_block("layers_per_block")
+    only_cross = cfg.per_block("only_cross_attention")
+    blocks: list[nn.Module] = []
+    for i, (block_type, depth) in enumerate(zip(cfg.up_block_types, cfg.up_transformer_layers, strict=True)):
+        level = n - 1 - i
+        args = (widths[max(level - 1, 0)], widths[min(level + 1, n - 1)], widths[level], layers[level] + 1, opts)
+        if block_type == "CrossAttnUpBlock2D":
+            attn = _attn_options(cfg, level, depth, only_cross[level])
+            blocks.append(CrossAttnUpBlock2D(*args, attn, add_upsample=i != n - 1))
+        else:
+            blocks.append(UpBlock2D(*args, add_upsample=i != n - 1))
+    return blocks
 
 
 def _required(added: Mapping[str, torch.Tensor], key: str, kind: str) -> torch.Tensor:
