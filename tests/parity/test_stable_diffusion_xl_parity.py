@@ -145,7 +145,9 @@ def _with_scheduler(reference, pipe, name: str | None, **overrides):
         return reference, pipe
     ref_scheduler = getattr(diffusers, name).from_config(reference.scheduler.config, **overrides)
     kit_scheduler = registry.get("scheduler", name).from_config(dict(ref_scheduler.config))
-    ref = type(reference)(**{**reference.components, "scheduler": ref_scheduler}, add_watermarker=False)
+    settings = {k: reference.config[k] for k in ("requires_aesthetics_score", "force_zeros_for_empty_prompt")
+                if k in reference.config}
+    ref = type(reference)(**{**reference.components, "scheduler": ref_scheduler}, **settings, add_watermarker=False)
     kit = type(pipe)(**{**pipe.components, "scheduler": kit_scheduler}, **pipe.settings)
     ref.set_progress_bar_config(disable=True)
     kit.set_progress_bar_config(disable=True)
@@ -188,4 +190,208 @@ def test_base_images_match_diffusers(base, scheduler, overrides, call):
     prompts = call.get("prompt")
     generators = len(prompts) * call.get("num_images_per_prompt", 1) if isinstance(prompts, list) else None
     expected, got = _run_both(reference, pipe, generators=generators, **call)
+    _assert_close(expected.images, got.images)
+
+
+def test_the_inputs_reach_the_image(base):
+    """Guards the grid: each conditioning input changes the image, so matching diffusers means something."""
+    _, pipe, _ = base
+    plain = pipe(PROMPT, generator=_generators(0, None), **CALL).images
+    for change in ({"prompt_2": "a red dog"}, {"original_size": (64, 48)}, {"crops_coords_top_left": (4, 8)},
+                   {"target_size": (24, 40)}, {"clip_skip": 1}, {"negative_prompt": "blurry"}):
+        other = pipe(PROMPT, generator=_generators(0, None), **CALL, **change).images
+        assert np.abs(other - plain).max() > 1e-4, change
+
+
+def test_empty_negative_prompt_without_forced_zeros_matches(tmp_path):
+    reference = build_diffusers_sdxl(tmp_path / "sdxl", force_zeros_for_empty_prompt=False)
+    pipe = _load(tmp_path / "sdxl")
+    assert pipe.settings["force_zeros_for_empty_prompt"] is False
+    expected, got = _run_both(reference, pipe)
+    _assert_close(expected.images, got.images)
+    zeros = type(pipe)(**pipe.components, force_zeros_for_empty_prompt=True)
+    zeros.set_progress_bar_config(disable=True)
+    assert np.abs(zeros(PROMPT, generator=_generators(0, None), **CALL).images - got.images).max() > 1e-4
+
+
+def test_prompt_embeds_input_matches(base):
+    reference, pipe, _ = base
+    embeds, negative, pooled, negative_pooled = reference.encode_prompt(
+        [PROMPT, "a dog"], device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True,
+        negative_prompt=["ugly", "blurry"],
+    )
+    expected, got = _run_both(
+        reference, pipe, prompt=None, prompt_embeds=embeds, negative_prompt_embeds=negative * 0.5,
+        pooled_prompt_embeds=pooled, negative_pooled_prompt_embeds=negative_pooled.flip(0), generators=2,
+    )
+    _assert_close(expected.images, got.images)
+    mine = pipe.encode_prompt([PROMPT, "a dog"], device="cpu", num_images_per_prompt=1,
+                              do_classifier_free_guidance=True, negative_prompt=["ugly", "blurry"])
+    for a, b in zip(mine, (embeds, negative, pooled, negative_pooled), strict=True):
+        _assert_close(a, b)
+
+
+def test_callback_on_step_end_matches(base):
+    reference, pipe, _ = base
+
+    def make_callback(seen):
+        def callback(_pipe, step, timestep, tensors):
+            seen.append((step, int(timestep), sorted(tensors)))
+            if step == 0:
+                tensors["latents"] = tensors["latents"] * 0.5
+                tensors["add_text_embeds"] = tensors["add_text_embeds"] * 0.9
+                tensors["add_time_ids"] = tensors["add_time_ids"] + 4
+            return tensors
+        return callback
+
+    seen_ref: list = []
+    seen_kit: list = []
+    inputs = ["latents", "prompt_embeds", "add_text_embeds", "add_time_ids"]
+    expected = reference(PROMPT, generator=_generators(0, None), callback_on_step_end=make_callback(seen_ref),
+                         callback_on_step_end_tensor_inputs=inputs, **CALL)
+    got = pipe(PROMPT, generator=_generators(0, None), callback_on_step_end=make_callback(seen_kit),
+               callback_on_step_end_tensor_inputs=inputs, **CALL)
+    assert seen_kit == seen_ref and len(seen_kit) == 3
+    _assert_close(expected.images, got.images)
+
+
+REFINER_GRID = [
+    ("strength-0.4", {"strength": 0.4, "num_inference_steps": 5}),
+    ("strength-0.6-dpm", {"strength": 0.6, "scheduler": "DPMSolverMultistepScheduler"}),
+    ("strength-1", {"strength": 1.0, "scheduler": "UniPCMultistepScheduler"}),
+    ("aesthetic-scores", {"strength": 0.7, "aesthetic_score": 8.0, "negative_aesthetic_score": 1.0,
+                          "negative_crops_coords_top_left": (4, 4)}),
+    ("batch", {"strength": 0.7, "prompt": ["a cat", "a dog"], "num_images_per_prompt": 2, "generators": 4}),
+    ("no-guidance", {"strength": 0.7, "guidance_scale": 1.0}),
+]
+
+
+def _image(seed: int = 3, size: int = 32):
+    import PIL.Image
+
+    rng = np.random.default_rng(seed)
+    return PIL.Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("call", [g[1] for g in REFINER_GRID], ids=[g[0] for g in REFINER_GRID])
+def test_refiner_img2img_matches(refiner, call):
+    reference, pipe, _ = refiner
+    assert type(pipe).__name__ == "StableDiffusionXLImg2ImgPipeline" and pipe.text_encoder is None
+    assert pipe.settings["requires_aesthetics_score"] is True
+    call = dict(call)
+    reference, pipe = _with_scheduler(reference, pipe, call.pop("scheduler", None))
+    generators = call.pop("generators", None)
+    call = {"image": _image(), "num_inference_steps": 3, "output_type": "np", **call}
+    expected = reference(**{"prompt": PROMPT, **call}, generator=_generators(0, generators))
+    got = pipe(**{"prompt": PROMPT, **call}, generator=_generators(0, generators))
+    _assert_close(expected.images, got.images)
+
+
+def test_img2img_on_the_base_checkpoint_matches(base):
+    """The base checkpoint as img2img (both encoders, size micro-conditioning, no aesthetic score)."""
+    reference, pipe, folder = base
+    reference = diffusers.StableDiffusionXLImg2ImgPipeline(**reference.components, add_watermarker=False)
+    reference.set_progress_bar_config(disable=True)
+    pipe = _load(folder, registry.get("pipeline", "StableDiffusionXLImg2ImgPipeline"))
+    call = {"image": [_image(3), _image(4)], "strength": 0.6, "num_inference_steps": 3, "output_type": "np",
+            "prompt": ["a cat", "a dog"], "guidance_rescale": 0.5, "negative_original_size": (16, 16)}
+    expected = reference(**call, generator=_generators(0, 2))
+    got = pipe(**call, generator=_generators(0, 2))
+    _assert_close(expected.images, got.images)
+
+
+def test_base_to_refiner_ensemble_matches(base, refiner):
+    """The ensemble of experts: the base stops at denoising_end=0.8 and hands its latents to the refiner."""
+    base_ref, base_kit, _ = base
+    refiner_ref, refiner_kit, _ = refiner
+    call = {"prompt": PROMPT, "num_inference_steps": 5, "height": 32, "width": 32}
+    expected_latents = base_ref(**call, denoising_end=0.8, output_type="latent", generator=_generators(0, None)).images
+    got_latents = base_kit(**call, denoising_end=0.8, output_type="latent", generator=_generators(0, None)).images
+    # latents are not in [0, 1]: at 80% of the schedule they still carry noise of sigma ~1, so the tolerance
+    # is relative to their scale (float32 rounding in Euler's steps, ~1e-6 relative)
+    _assert_close(expected_latents, got_latents, atol=ATOL * float(expected_latents.abs().max()))
+    del call["height"], call["width"]
+    # both refiners finish the same latents, so the images compare at the absolute tolerance
+    expected = refiner_ref(**call, image=expected_latents, denoising_start=0.8, output_type="np",
+                           generator=_generators(1, None)).images
+    got = refiner_kit(**call, image=expected_latents, denoising_start=0.8, output_type="np",
+                      generator=_generators(1, None)).images
+    _assert_close(expected, got)
+    steps = []
+    refiner_kit(**call, image=got_latents, denoising_start=0.8, output_type="latent", generator=_generators(1, None),
+                callback_on_step_end=lambda _p, i, t, k: steps.append(int(t)) or k)
+    assert 0 < len(steps) < 5  # only the low-noise end of the 5-step plan runs
+
+
+@pytest.fixture(scope="module", params=[9, 4], ids=["inpaint-unet", "plain-unet"])
+def inpainter(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sdxl") / f"tiny-inpaint-{request.param}"
+    reference = build_diffusers_sdxl(folder, "inpaint", seed=2, in_channels=request.param)
+    return reference, _load(folder), folder
+
+
+def _mask(size: int = 32):
+    import PIL.Image
+
+    mask = np.zeros((size, size), dtype=np.uint8)
+    mask[8:24, 4:20] = 255
+    return PIL.Image.fromarray(mask)
+
+
+INPAINT_GRID = [
+    ("strength-default", {}),
+    ("strength-0.6", {"strength": 0.6}),
+    ("strength-1-batch", {"strength": 1.0, "prompt": ["a cat", "a dog"], "generators": 2}),
+    ("no-guidance", {"strength": 0.8, "guidance_scale": 1.0}),
+    ("dpm", {"strength": 0.7, "scheduler": "DPMSolverMultistepScheduler"}),
+]
+
+
+@pytest.mark.parametrize("call", [g[1] for g in INPAINT_GRID], ids=[g[0] for g in INPAINT_GRID])
+def test_inpaint_matches(inpainter, call):
+    reference, pipe, _ = inpainter
+    assert type(pipe).__name__ == "StableDiffusionXLInpaintPipeline"
+    call = dict(call)
+    reference, pipe = _with_scheduler(reference, pipe, call.pop("scheduler", None))
+    generators = call.pop("generators", None)
+    call = {"prompt": PROMPT, "image": _image(), "mask_image": _mask(), **CALL, **call}
+    expected = reference(**call, generator=_generators(0, generators))
+    got = pipe(**call, generator=_generators(0, generators))
+    _assert_close(expected.images, got.images)
+
+
+@pytest.mark.parametrize("inpainter", [4], indirect=True, ids=["plain-unet"])
+def test_inpaint_keeps_the_unmasked_region_on_a_plain_unet(inpainter):
+    _, pipe, _ = inpainter
+    out = pipe(PROMPT, image=_image(), mask_image=_mask(), generator=_generators(0, None),
+               **{**CALL, "output_type": "latent"}).images
+    known = pipe.image_latents(pipe.preprocess_image(_image(), 32, 32), 1, torch.float32, torch.device("cpu"),
+                               _generators(0, None), statistics=False, repeat_before_encoding=False)
+    # the latent-space mask (nearest-downsampled) is 0 outside rows 4..11, columns 2..9
+    outside = torch.ones(16, 16, dtype=torch.bool)
+    outside[4:12, 2:10] = False
+    assert torch.allclose(out[0][:, outside], known[0][:, outside], atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["base", "refiner", "inpaint"])
+def test_diffusers_loads_what_diffkit_saves(request, tmp_path, kind):
+    if kind == "inpaint":
+        build_diffusers_sdxl(tmp_path / "sdxl", kind, in_channels=9)
+        pipe = _load(tmp_path / "sdxl")
+    else:
+        pipe = request.getfixturevalue(kind)[1]
+    pipe.save_pretrained(tmp_path / "saved")
+    reloaded = getattr(diffusers, type(pipe).__name__).from_pretrained(tmp_path / "saved", add_watermarker=False)
+    reloaded.set_progress_bar_config(disable=True)
+    assert reloaded.config.force_zeros_for_empty_prompt is True
+    call = {"prompt": ["a cat", "a dog"], "negative_prompt": ["ugly", ""], "num_inference_steps": 2,
+            "output_type": "np"}
+    if kind != "base":
+        call.update(image=_image(), strength=0.7)
+    if kind == "inpaint":
+        call["mask_image"] = _mask()
+    if kind == "refiner":
+        assert reloaded.text_encoder is None and reloaded.config.requires_aesthetics_score is True
+    expected = reloaded(**call, generator=_generators(0, 2))
+    got = pipe(**call, generator=_generators(0, 2))
     _assert_close(expected.images, got.images)
