@@ -38,6 +38,17 @@ def test_generate_runs_the_recommended_ddim_50_steps(tmp_path, capsys):
     assert "50/50" in err and "/1000" not in err
 
 
+def test_generate_refuses_a_scheduler_the_demo_was_not_trained_for(capsys):
+    """EDM schedulers do not list DDPMScheduler as compatible: the demo would draw noise, so the CLI refuses."""
+    from diffkit import cli
+
+    assert cli.main(["generate", "diffkit/ddpm-digits", "--scheduler", "EDMEulerScheduler"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("diffkit generate: error: --scheduler EDMEulerScheduler cannot take the config of DDPMScheduler")
+    listed = err.split("compatible installed schedulers: ")[1].split(", ")
+    assert "DDIMScheduler" in listed and "EulerDiscreteScheduler" in listed and "EDMEulerScheduler" not in listed
+
+
 def test_verdict_counts_only_confident_images():
     labels = np.array([0, 1, 2, 2, 3, 9])
     confidence = np.array([0.9, 0.8, 0.95, 0.5, 0.79, 1.0])

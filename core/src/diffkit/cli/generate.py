@@ -183,25 +183,6 @@ def _installed_class(kind: str, name: str | None, flag: str) -> type | None:
         raise CLIError(f"{flag}: {one_line(exc)}") from None
 
 
-def _compatible(source: type, target: type | None) -> bool:
-    """Whether ``target`` can be built from a ``source`` config: the same class, or either lists the other."""
-    if target is None:
-        return False
-    names = (source.__name__, target.__name__)
-    return (
-        source is target
-        or names[1] in getattr(source, "compatibles_names", ())
-        or names[0] in getattr(target, "compatibles_names", ())
-    )
-
-
-def _installed_scheduler(name: str) -> type | None:
-    try:
-        return registry.get("scheduler", name)
-    except DiffkitError:  # a broken plugin must not hide the message being built
-        return None
-
-
 def _swap_scheduler(pipe: Any, scheduler_cls: type) -> Any:
     """A sibling of ``pipe`` sampling with ``scheduler_cls``, built from the current scheduler's config.
 
@@ -209,16 +190,18 @@ def _swap_scheduler(pipe: Any, scheduler_cls: type) -> Any:
     converts its scheduler on construction does so here too; when it refuses the requested
     class that is an error rather than a silent substitution.
     """
+    from ..scheduler import compatible_schedulers
+
     pipeline_name = type(pipe).__name__
     current = pipe.components.get("scheduler")
     if current is None:
         raise CLIError(f"{pipeline_name} has no scheduler, so --scheduler does not apply")
     target = scheduler_cls.__name__
-    if not _compatible(type(current), scheduler_cls):
-        others = sorted(n for n in registry.names("scheduler") if _compatible(type(current), _installed_scheduler(n)))
+    if not scheduler_cls.is_compatible_with(current):  # diffusers' rule: the target lists what it accepts
+        others = compatible_schedulers(current)
         raise CLIError(
-            f"--scheduler {target} cannot take the config of {type(current).__name__}; compatible installed "
-            f"schedulers: {', '.join(others) or 'none'}"
+            f"--scheduler {target} cannot take the config of {type(current).__name__}: {target} does not list it "
+            f"as compatible (diffusers' _compatibles); compatible installed schedulers: {', '.join(others) or 'none'}"
         )
     scheduler = scheduler_cls.from_config(current.config)
     sibling = type(pipe)(**{**pipe.components, "scheduler": scheduler}, **pipe.settings)
