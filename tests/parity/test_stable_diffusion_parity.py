@@ -113,7 +113,8 @@ GRID = [
     ("deis", "DEISMultistepScheduler", {}, {}),
     ("ddpm", "DDPMScheduler", {}, {}),
     ("tcd", "TCDScheduler", {}, {"num_inference_steps": 2, "eta": 0.3}),
-    ("custom-timesteps", "DPMSolverMultistepScheduler", {}, {"timesteps": [999, 601, 211], "num_inference_steps": None}),
+    ("custom-timesteps", "DPMSolverMultistepScheduler", {},
+     {"timesteps": [999, 601, 211], "num_inference_steps": None}),
     ("custom-sigmas", "EulerDiscreteScheduler", {}, {"sigmas": [14.6, 4.1, 0.9], "num_inference_steps": None}),
     ("output-pt", None, {}, {"output_type": "pt"}),
     ("output-latent", None, {}, {"output_type": "latent"}),
@@ -128,7 +129,8 @@ def test_images_match_diffusers(checkpoint, scheduler, overrides, call):
     call = dict(call)
     if call.get("num_inference_steps", 0) is None:
         del call["num_inference_steps"]
-    generators = len(call["prompt"]) * call.get("num_images_per_prompt", 1) if isinstance(call.get("prompt"), list) else None
+    prompts = call.get("prompt")
+    generators = len(prompts) * call.get("num_images_per_prompt", 1) if isinstance(prompts, list) else None
     expected, got = _run_both(reference, pipe, generators=generators, **call)
     # PIL images are uint8: allow one rounding step where float32 noise sits on a boundary
     _assert_close(expected.images, got.images, atol=1.0 if call.get("output_type") == "pil" else ATOL)

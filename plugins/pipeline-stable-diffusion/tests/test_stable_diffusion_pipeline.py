@@ -182,8 +182,9 @@ def test_a_scheduler_without_custom_schedules_says_so(components):
 def test_a_text_encoder_of_another_width_names_both_components_and_numbers(components, make_text_encoder):
     from diffkit_pipeline_stable_diffusion.text_to_image import StableDiffusionPipeline
 
+    wide = make_text_encoder(components["tokenizer"], hidden_size=48)
     with pytest.raises(ValueError) as info:
-        StableDiffusionPipeline(**{**components, "text_encoder": make_text_encoder(components["tokenizer"], hidden_size=48)})
+        StableDiffusionPipeline(**{**components, "text_encoder": wide})
     message = str(info.value)
     for word in ("text_encoder", "hidden_size=48", "unet", "cross_attention_dim=32"):
         assert word in message, message
