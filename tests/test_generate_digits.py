@@ -43,7 +43,7 @@ def test_generate_the_demo_offline(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
     assert lines[0] == str(out_file.resolve())
-    assert "4 images of 16x16 in a 2x2 grid" in lines[1] and "DDPMPipeline with DDPMScheduler, 10 steps" in lines[1]
+    assert "4 images of 16x16 in a 2x2 grid" in lines[1] and "DDPMPipeline with DDIMScheduler, 10 steps (recommended)" in lines[1]
     assert "10/10" in proc.stderr  # the progress bar
     assert not (tmp_path / "empty-hf-home" / "hub").exists()  # nothing was fetched or cached
     with Image.open(out_file) as grid:
