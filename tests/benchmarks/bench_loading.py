@@ -1,18 +1,21 @@
 """Benchmark: `from_pretrained` of a ~113M-parameter UNet2DModel, diffkit vs diffusers: time and memory.
 
 The checkpoint has the google/ddpm-ema-church-256 architecture with random weights saved by
-diffusers (float32 safetensors). Both libraries memory-map safetensors, so ``from_pretrained``
-alone may read almost nothing; a figure that stops there leaves out the reading. Each repeat
-runs one fresh process per library (the libraries interleaved repeat by repeat), which, after
-importing its library, reports:
+diffusers (float32 safetensors). A ``from_pretrained`` that memory-maps safetensors may read
+almost nothing, so a figure that stops there leaves out the reading; and the first load of a
+process pays one-time costs (imports the import statement deferred, diffkit's plugin
+discovery), so a figure that starts after the import statement favours whichever library
+defers more. Each repeat runs one fresh process per library (the libraries interleaved repeat
+by repeat), which reports:
 
-- ``first load``: the first ``from_pretrained`` of the process (it pays one-time costs such as
-  diffkit's plugin discovery);
-- ``load + read``: that load plus one full read of every weight (a sum over every tensor of
-  the state dict), the cost of a model that is actually used;
-- ``second load``: another ``from_pretrained`` in the same process, after the first is freed;
-- ``peak RSS added``: the peak resident memory of the first load + read, over the process's
-  own floor after its imports (``timing.reset_peak_rss``), so imports do not count.
+- ``import + first load``: from before the import statement (e.g. ``from diffusers import
+  UNet2DModel``) to the first model, and the same plus one full read of every weight (a sum
+  over every tensor of the state dict), the cost of a model that is actually used;
+- ``second load``: another ``from_pretrained`` in the same process after the first is freed,
+  alone and with the read: loading with every import and one-time cost paid;
+- ``peak RSS added``: the peak resident memory of that second load (and load + read) over the
+  process's floor just before it (``timing.reset_peak_rss``, after ``malloc_trim``), so that
+  imports do not count; and the process's own peak RSS up to the end of the first load + read.
 
 Time is the CPU time of the whole process (``--clock process``, default; loaders may use
 threads) or wall time (``--clock wall``). One untimed run of each library comes first: it writes
@@ -23,10 +26,11 @@ Run: python tests/benchmarks/bench_loading.py [--repeats 3] [--clock process|wal
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -60,16 +64,17 @@ TINY = dict(
 #: a fresh process: argv = bench dir, clock, path, then the import statement and the expression that loads
 #: ``path`` (e.g. "from diffusers import UNet2DModel", "UNet2DModel.from_pretrained(path)")
 LOAD = """
-import gc, json, sys
+import ctypes, gc, json, sys
 sys.path.insert(0, sys.argv[1])
 import timing
-import torch
 
 clock, path, import_statement, load_expression = sys.argv[2:6]
 read_clock = timing.CLOCKS[clock]
-torch.set_num_threads(1)
+t0 = read_clock()
 exec(import_statement)
-peak_at_import = timing.peak_rss_mb()
+t1 = read_clock()
+import torch
+torch.set_num_threads(1)
 
 def load():
     return eval(load_expression, globals(), {"path": path})
@@ -80,71 +85,92 @@ def tensors(obj):
     for module in modules:
         yield from module.state_dict().values()
 
-floor = timing.reset_peak_rss()
-t0 = read_clock()
-obj = load()
-t1 = read_clock()
-peak_load = timing.peak_rss_mb()
-with torch.inference_mode():
-    total = sum(float(t.sum()) for t in tensors(obj))
+def read(obj):
+    with torch.inference_mode():
+        return sum(float(t.sum()) for t in tensors(obj))
+
 t2 = read_clock()
-peak_read = timing.peak_rss_mb()
+obj = load()
+t3 = read_clock()
+read(obj)
+t4 = read_clock()
+process_peak = timing.peak_rss_mb()
 params = sum(t.numel() for t in tensors(obj))
 del obj
 gc.collect()
-t3 = read_clock()
+ctypes.CDLL("libc.so.6").malloc_trim(0)
+floor = timing.reset_peak_rss()
+t5 = read_clock()
 obj = load()
-t4 = read_clock()
+t6 = read_clock()
+added_load = timing.peak_rss_mb() - floor
+read(obj)
+t7 = read_clock()
 print(json.dumps({
-    "first": t1 - t0, "load_read": t2 - t0, "second": t4 - t3,
-    "added_load_mb": peak_load - floor, "added_read_mb": peak_read - floor,
-    "process_peak_mb": max(peak_at_import, timing.peak_rss_mb()), "params": params,
+    "import": t1 - t0, "cold": t3 - t0, "cold_read": t4 - t0, "second": t6 - t5, "second_read": t7 - t5,
+    "added_load_mb": added_load, "added_read_mb": timing.peak_rss_mb() - floor,
+    "process_peak_mb": process_peak, "params": params,
 }))
 """
 
 #: (name of the figure, unit, scale) in the order printed
 FIGURES = [
-    ("first", "s", 1.0),
-    ("load_read", "s", 1.0),
+    ("import", "s", 1.0),
+    ("cold", "s", 1.0),
+    ("cold_read", "s", 1.0),
     ("second", "s", 1.0),
+    ("second_read", "s", 1.0),
     ("added_load_mb", "MiB", 1.0),
     ("added_read_mb", "MiB", 1.0),
+    ("process_peak_mb", "MiB", 1.0),
     ("cpu", "s", 1.0),
 ]
 LABELS = {
-    "first": "first load (fresh process)",
-    "load_read": "first load + read every weight",
+    "import": "the import statement alone",
+    "cold": "import + first load (fresh process)",
+    "cold_read": "import + first load + read weights",
     "second": "second load (same process)",
-    "added_load_mb": "peak RSS added by the load",
+    "second_read": "second load + read weights",
+    "added_load_mb": "peak RSS added by a load",
     "added_read_mb": "peak RSS added by load + read",
-    "cpu": "whole process CPU (imports too)",
+    "process_peak_mb": "process peak RSS, import to read",
+    "cpu": "whole process CPU",
 }
 
 
 def loading_series(
-    loaders: Mapping[str, tuple[str, str]], path: Path, clock: str, repeats: int, warmup: int = 1
+    loaders: Mapping[str, tuple[str, str]],
+    path: Path,
+    clock: str,
+    repeats: int,
+    warmup: int = 1,
+    envs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, Series]:
-    """Interleaved fresh-process loads of ``path``: library -> (import statement, load expression)."""
+    """Interleaved fresh-process loads of ``path``: name -> (import statement, load expression).
 
-    def measure(import_statement: str, load_expression: str):
+    ``envs`` adds environment variables to the processes of some names.
+    """
+
+    def measure(name: str, import_statement: str, load_expression: str):
+        env = {**os.environ, **(envs or {}).get(name, {})}
         return lambda: run_python(
-            ["-c", LOAD, str(BENCH_DIR), clock, str(path), import_statement,
-             load_expression],
-            clock=clock,
+            ["-c", LOAD, str(BENCH_DIR), clock, str(path), import_statement, load_expression], clock=clock, env=env
         )
 
-    return interleave({lib: measure(*how) for lib, how in loaders.items()}, repeats, warmup=warmup)
+    return interleave({name: measure(name, *how) for name, how in loaders.items()}, repeats, warmup=warmup)
 
 
-def print_loading_table(series: Mapping[str, Series], names: Sequence[str] = ("diffkit", "diffusers")) -> dict:
-    """One line per figure and library, then the ratio of each figure; returns the ratios."""
-    ours, theirs = names
-    ratios = {}
+def print_loading_table(series: Mapping[str, Series], ours: str = "diffkit") -> dict[str, dict[str, float]]:
+    """One line per figure and loader, then diffkit's ratio to each other loader; returns {other: {figure: ratio}}."""
+    width = max(map(len, series))
     for key, unit, scale in FIGURES:
-        for lib in names:
-            print(f"{LABELS[key]:34s} {lib:10s} {series[lib][key].text(scale, unit, 3 if unit == 's' else 0)}")
-        ratios[key] = ratio(series[ours][key], series[theirs][key])
-    print("ratios diffkit/diffusers: " + ", ".join(f"{LABELS[k]} {v:.2f}x" for k, v in ratios.items()))
+        for name, s in series.items():
+            print(f"{LABELS[key]:32s} {name:{width}s} {s[key].text(scale, unit, 3 if unit == 's' else 0)}")
+    ratios = {}
+    for other in series:
+        if other != ours:
+            ratios[other] = {key: ratio(series[ours][key], series[other][key]) for key, _, _ in FIGURES}
+            print(f"ratios {ours}/{other}: " + ", ".join(f"{LABELS[k]} {v:.2f}x" for k, v in ratios[other].items()))
     return ratios
 
 
@@ -170,11 +196,12 @@ def main() -> None:
         "float32 safetensors, one fresh process per library and repeat",
         args,
     )
-    ratios = print_loading_table(series)
+    ratios = print_loading_table(series)["diffusers"]
     write_json(args, {f"{lib} {k}": series[lib][k] for lib in series for k, _, _ in FIGURES} | ratios)
     print_ratio(
-        ratios["load_read"], "first load + read of every weight (fresh process)",
-        f"peak RSS added by load + read {ratios['added_read_mb']:.2f}x",
+        ratios["cold_read"], "import + first load + read of every weight (fresh process)",
+        f"second load + read {ratios['second_read']:.2f}x, peak RSS added by load + read {ratios['added_read_mb']:.2f}x,"
+        f" process peak RSS {ratios['process_peak_mb']:.2f}x",
     )
 
 

@@ -236,8 +236,8 @@ def print_setup(what: str, args: argparse.Namespace) -> None:
 
 
 def ratio(ours: Figure, theirs: Figure) -> float:
-    """Median over median."""
-    return ours.median / theirs.median
+    """Median over median (nan when the denominator is 0)."""
+    return ours.median / theirs.median if theirs.median else math.nan
 
 
 def geometric_mean(values: Sequence[float]) -> float:
