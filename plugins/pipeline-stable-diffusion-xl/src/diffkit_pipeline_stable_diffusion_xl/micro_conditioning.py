@@ -37,7 +37,8 @@ def check_time_ids_width(
     if given == expected:
         return
     if aesthetics is not None and abs(given - expected) == addition_time_embed_dim:
-        fix = "requires_aesthetics_score=True" if expected > given else "requires_aesthetics_score=False"
+        # the refiner's ids (aesthetic score) are one fewer than the base's (target size)
+        fix = "requires_aesthetics_score=True" if given > expected else "requires_aesthetics_score=False"
         raise ValueError(
             f"the UNet takes {expected} added-embedding inputs but {given} were built "
             f"(requires_aesthetics_score={aesthetics}): this checkpoint needs {fix}; set it in "
