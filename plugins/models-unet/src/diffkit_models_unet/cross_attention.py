@@ -52,6 +52,11 @@ class CrossAttention(nn.Module):
     def forward(
         self, x: torch.Tensor, context: torch.Tensor | None = None, bias: torch.Tensor | None = None
     ) -> torch.Tensor:
+        return self.attend(x, context, bias)
+
+    def attend(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Attend from ``x`` to ``context`` (``x`` itself when ``None``).
 
         ``bias``: an additive ``(batch, 1, key_tokens)`` mask (0 to keep, a large negative value
