@@ -81,14 +81,24 @@ def tiny_safety_checker(flag_everything: bool) -> tuple[Any, Any]:
 
 
 def build_diffusers_sd(
-    folder: Path, *, safety_checker: str | None = None, seed: int = 0, unet: dict[str, Any] | None = None
+    folder: Path,
+    *,
+    safety_checker: str | None = None,
+    seed: int = 0,
+    unet: dict[str, Any] | None = None,
+    pipeline: str = "StableDiffusionPipeline",
 ) -> Any:
-    """Build a tiny ``diffusers.StableDiffusionPipeline`` (DDIM), save it to ``folder``, return it.
+    """Build a tiny diffusers Stable Diffusion pipeline (DDIM), save it to ``folder``, return it.
 
     ``safety_checker``: ``None`` (none, ``requires_safety_checker=False``), ``"pass"`` (present,
-    flags nothing) or ``"flag"`` (present, flags every image). ``unet``: config overrides.
+    flags nothing) or ``"flag"`` (present, flags every image). ``unet``: config overrides
+    (``in_channels=9`` for inpainting, 8 for InstructPix2Pix). ``pipeline``: the diffusers class
+    that builds and saves it (its name is the checkpoint's ``_class_name``).
     """
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    import diffusers
+    from diffusers import DDIMScheduler
+
+    StableDiffusionPipeline = getattr(diffusers, pipeline)
 
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer(Path(folder).parent / f"{Path(folder).name}-tokenizer")

@@ -48,6 +48,14 @@ class Guidance:
     rescale: float
     enabled: bool
 
+    def batch_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """The latents once per guidance branch (twice with guidance: unconditional, text)."""
+        return torch.cat([latents, latents]) if self.enabled else latents
+
+    def batch_embeddings(self, prompt_embeds: torch.Tensor, negative_prompt_embeds: torch.Tensor | None) -> torch.Tensor:
+        """What the UNet attends to, branch by branch: ``[negative; positive]`` with guidance."""
+        return torch.cat([negative_prompt_embeds, prompt_embeds]) if self.enabled else prompt_embeds
+
     def combine(self, prediction: torch.Tensor) -> torch.Tensor:
         """The UNet's prediction for the doubled batch (unconditional first) -> the guided prediction."""
         if not self.enabled:
@@ -407,14 +415,14 @@ class StableDiffusionBase(Pipeline):
         tensors: dict[str, Any] = {
             "latents": latents,
             # what the UNet attends to: the negative embeddings first when guidance is on
-            "prompt_embeds": torch.cat([negative_prompt_embeds, prompt_embeds]) if guidance.enabled else prompt_embeds,
+            "prompt_embeds": guidance.batch_embeddings(prompt_embeds, negative_prompt_embeds),
             "negative_prompt_embeds": negative_prompt_embeds,
             **(extra_tensors or {}),
         }
         timesteps = state.timesteps if timesteps is None else timesteps
         for i, t in enumerate(self.progress_bar(timesteps)):
             current = tensors["latents"]
-            model_input = torch.cat([current, current]) if guidance.enabled else current
+            model_input = guidance.batch_latents(current)
             model_input = self.unet_input(state.scale_model_input(model_input, t), tensors)
             prediction = self.unet(
                 model_input,

@@ -11,3 +11,21 @@ def register_pipelines(register: Register) -> None:
         task="text-to-image",
         family="stable-diffusion",
     )
+    register(
+        "StableDiffusionImg2ImgPipeline",
+        "diffkit_pipeline_stable_diffusion.image_to_image:StableDiffusionImg2ImgPipeline",
+        task="image-to-image",
+        family="stable-diffusion",
+    )
+    register(
+        "StableDiffusionInpaintPipeline",
+        "diffkit_pipeline_stable_diffusion.inpaint:StableDiffusionInpaintPipeline",
+        task="inpainting",
+        family="stable-diffusion",
+    )
+    register(
+        "StableDiffusionInstructPix2PixPipeline",
+        "diffkit_pipeline_stable_diffusion.instruct_pix2pix:StableDiffusionInstructPix2PixPipeline",
+        task="instruct-pix2pix",
+        family="stable-diffusion",
+    )
