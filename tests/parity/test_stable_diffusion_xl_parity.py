@@ -174,7 +174,8 @@ BASE_GRID = [
     ("dpm++2m", "DPMSolverMultistepScheduler", {}, {}),
     ("unipc", "UniPCMultistepScheduler", {}, {}),
     ("euler-ancestral", "EulerAncestralDiscreteScheduler", {}, {"num_images_per_prompt": 2}),
-    ("custom-timesteps", "DPMSolverMultistepScheduler", {}, {"timesteps": [999, 601, 211], "num_inference_steps": None}),
+    ("custom-timesteps", "DPMSolverMultistepScheduler", {},
+     {"timesteps": [999, 601, 211], "num_inference_steps": None}),
     ("custom-sigmas", None, {}, {"sigmas": [14.6, 4.1, 0.9], "num_inference_steps": None}),
     ("output-pt", None, {}, {"output_type": "pt"}),
 ]
@@ -263,6 +264,8 @@ REFINER_GRID = [
                           "negative_crops_coords_top_left": (4, 4)}),
     ("batch", {"strength": 0.7, "prompt": ["a cat", "a dog"], "num_images_per_prompt": 2, "generators": 4}),
     ("no-guidance", {"strength": 0.7, "guidance_scale": 1.0}),
+    # a second-order scheduler starts the refiner's share on an odd step count
+    ("denoising-start-heun", {"denoising_start": 0.6, "num_inference_steps": 4, "scheduler": "HeunDiscreteScheduler"}),
 ]
 
 

@@ -233,7 +233,8 @@ def test_diffkit_generate_runs_an_xl_checkpoint(pipe, tmp_path):
                      "--output", str(tmp_path / "text.png")]) == 0
     assert cli.main(["generate", str(tmp_path / "sdxl"), "--pipeline", "StableDiffusionXLInpaintPipeline",
                      "--prompt", "a cat", "--image", str(tmp_path / "image.png"),
-                     "--mask-image", str(tmp_path / "mask.png"), *common, "--output", str(tmp_path / "inpaint.png")]) == 0
+                     "--mask-image", str(tmp_path / "mask.png"), *common,
+                     "--output", str(tmp_path / "inpaint.png")]) == 0
     for name in ("text.png", "inpaint.png"):
         with PIL.Image.open(tmp_path / name) as written:
             assert written.size == (32, 32)

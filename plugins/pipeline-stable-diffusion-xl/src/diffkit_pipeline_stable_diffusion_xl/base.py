@@ -177,7 +177,9 @@ class StableDiffusionXLBase(StableDiffusionBase):
         batch = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else prompt_embeds.shape[0]
         if prompt_embeds is None:
             if not self._text_encoders():
-                raise ValueError(f"{type(self).__name__} has no text encoder: pass prompt_embeds and pooled_prompt_embeds")
+                raise ValueError(
+                    f"{type(self).__name__} has no text encoder: pass prompt_embeds and pooled_prompt_embeds"
+                )
             texts = [_as_list(prompt), _as_list(prompt_2 or prompt)]
             prompt_embeds, pooled = self._encode_texts(texts, device, clip_skip, None)
             pooled_prompt_embeds = pooled if pooled_prompt_embeds is None else pooled_prompt_embeds
@@ -312,7 +314,7 @@ class StableDiffusionXLBase(StableDiffusionBase):
 
     # -- the VAE ---------------------------------------------------------------------------
     def preprocess_image(self, image: Any, height: int | None = None, width: int | None = None) -> torch.Tensor:
-        """A user image -> ``NCHW`` pixels in ``[-1, 1]``; a tensor with the VAE's latent channels is latents, kept as is."""
+        """A user image -> ``NCHW`` pixels in ``[-1, 1]``; a tensor with the VAE's latent channels is kept as is."""
         if isinstance(image, torch.Tensor) and image.ndim == 4 and image.shape[1] == self.vae.config.latent_channels:
             return image
         return self.image_processor.preprocess(image, height=height, width=width)

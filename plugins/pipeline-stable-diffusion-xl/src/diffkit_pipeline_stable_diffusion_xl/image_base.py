@@ -7,9 +7,12 @@ with the aesthetic score.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
+
+from diffkit.scheduler import SchedulerState
 
 from .base import StableDiffusionXLBase
 from .micro_conditioning import is_fraction, refiner_start, strength_start
@@ -54,35 +57,65 @@ class StableDiffusionXLImageBase(StableDiffusionXLBase):
     def requires_aesthetics_score(self) -> bool:
         return bool(self._settings.get("requires_aesthetics_score", False))
 
-    def start_index(
-        self, state: Any, num_inference_steps: int, strength: float, denoising_start: float | None
-    ) -> int:
-        """Where in the plan this call starts: by ``strength``, or (refiner) at ``denoising_start``."""
+    def plan_from(
+        self,
+        num_inference_steps: int,
+        device: torch.device,
+        timesteps: Sequence[int] | None,
+        sigmas: Sequence[float] | None,
+        strength: float,
+        denoising_start: float | None,
+    ) -> tuple[SchedulerState, torch.Tensor]:
+        """The call's scheduler state (begin index set) and the timesteps it runs: the last ``strength``
+        share of the plan, or (refiner) those after ``denoising_start``."""
+        state, steps = self.plan_call(num_inference_steps, device, timesteps, sigmas)
         order = self.scheduler.order
         if is_fraction(denoising_start):
-            return refiner_start(state.timesteps, denoising_start, self.scheduler.config.num_train_timesteps, order)
-        return strength_start(num_inference_steps, strength, order)
+            begin = refiner_start(state.timesteps, denoising_start, self.scheduler.config.num_train_timesteps, order)
+        else:
+            begin = strength_start(steps, strength, order)
+        run = state.timesteps[begin:]
+        if len(run) == 0:
+            raise ValueError(
+                f"strength={strength} with num_inference_steps={num_inference_steps} leaves no step to run; "
+                "raise strength or num_inference_steps"
+            )
+        state.set_begin_index(begin)
+        return state, run
 
-    def xl_time_ids(
+    def image_conditioning(
         self,
-        sizes: dict[str, Any],
-        aesthetic_score: float,
-        negative_aesthetic_score: float,
-        dtype: torch.dtype,
+        latents: torch.Tensor,
         pooled: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Positive and negative time ids; the negative crop is used only with the aesthetic score, as in diffusers."""
+        negative_pooled: torch.Tensor | None,
+        micro: dict[str, Any],
+        images: int,
+        guidance_enabled: bool,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> dict[str, torch.Tensor]:
+        """``add_text_embeds``/``add_time_ids`` for an image task; sizes default to the latents' pixel size.
+
+        ``micro`` holds the call's size, crop and aesthetic arguments. The negative branch takes
+        the positive sizes where none are given, and the positive crop unless the aesthetic
+        score is on, as diffusers does.
+        """
+        size = tuple(side * self.vae_scale_factor for side in latents.shape[-2:])
+        original = micro["original_size"] or size
+        target = micro["target_size"] or size
         aesthetics = self.requires_aesthetics_score
         positive = self.time_ids(
-            sizes["original_size"], sizes["crops_coords_top_left"], sizes["target_size"], dtype, pooled,
-            aesthetic_score, aesthetics,
+            original, micro["crops_coords_top_left"], target, dtype, pooled, micro["aesthetic_score"], aesthetics
         )
         negative = self.time_ids(
-            sizes["negative_original_size"],
-            sizes["negative_crops_coords_top_left"] if aesthetics else sizes["crops_coords_top_left"],
-            sizes["negative_target_size"], dtype, pooled, negative_aesthetic_score, aesthetics,
+            micro["negative_original_size"] or original,
+            micro["negative_crops_coords_top_left"] if aesthetics else micro["crops_coords_top_left"],
+            micro["negative_target_size"] or target,
+            dtype, pooled, micro["negative_aesthetic_score"], aesthetics,
         )
-        return positive, negative
+        return self.added_conditioning(
+            pooled, negative_pooled, positive, negative, images, guidance_enabled, device
+        )
 
     @staticmethod
     def check_strength_and_range(strength: float, denoising_start: float | None, denoising_end: float | None) -> None:

@@ -11,7 +11,6 @@ from diffkit_pipeline_stable_diffusion.base import Generator, Prompt, StepCallba
 
 from .base import Size
 from .image_base import ImageInput, StableDiffusionXLImageBase
-from .micro_conditioning import is_fraction
 from .outputs import StableDiffusionXLPipelineOutput
 
 
@@ -99,15 +98,7 @@ class StableDiffusionXLImg2ImgPipeline(StableDiffusionXLImageBase):
         )
         pixels = self.preprocess_image(image)
 
-        state, steps = self.plan_call(num_inference_steps, device, timesteps, sigmas)
-        begin = self.start_index(state, steps, strength, denoising_start)
-        run = state.timesteps[begin:]
-        if len(run) == 0:
-            raise ValueError(
-                f"strength={strength} with num_inference_steps={num_inference_steps} leaves no step to run; "
-                "raise strength or num_inference_steps"
-            )
-        state.set_begin_index(begin)
+        state, run = self.plan_from(num_inference_steps, device, timesteps, sigmas, strength, denoising_start)
         images_total = batch * num_images_per_prompt
         if latents is None:
             latents = self.image_latents(
@@ -120,23 +111,14 @@ class StableDiffusionXLImg2ImgPipeline(StableDiffusionXLImageBase):
                     prompt_embeds.dtype, device, generator,
                 )
                 latents = state.add_noise(latents, noise, run[:1].repeat(images_total))
-
-        height, width = (side * self.vae_scale_factor for side in latents.shape[-2:])
-        original_size = original_size or (height, width)
-        target_size = target_size or (height, width)
-        sizes = {
-            "original_size": original_size,
-            "crops_coords_top_left": crops_coords_top_left,
-            "target_size": target_size,
-            "negative_original_size": negative_original_size or original_size,
-            "negative_crops_coords_top_left": negative_crops_coords_top_left,
-            "negative_target_size": negative_target_size or target_size,
-        }
-        time_ids, negative_time_ids = self.xl_time_ids(
-            sizes, aesthetic_score, negative_aesthetic_score, prompt_embeds.dtype, pooled
+        micro = dict(
+            original_size=original_size, crops_coords_top_left=crops_coords_top_left, target_size=target_size,
+            negative_original_size=negative_original_size,
+            negative_crops_coords_top_left=negative_crops_coords_top_left, negative_target_size=negative_target_size,
+            aesthetic_score=aesthetic_score, negative_aesthetic_score=negative_aesthetic_score,
         )
-        conditioning = self.added_conditioning(
-            pooled, negative_pooled, time_ids, negative_time_ids, images_total, guidance.enabled, device
+        conditioning = self.image_conditioning(
+            latents, pooled, negative_pooled, micro, images_total, guidance.enabled, device, prompt_embeds.dtype
         )
         latents = self.denoise(
             state,

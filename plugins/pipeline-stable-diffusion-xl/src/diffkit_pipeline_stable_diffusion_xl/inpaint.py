@@ -189,15 +189,7 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLImageBase):
             lora_scale=(cross_attention_kwargs or {}).get("scale"),
             clip_skip=clip_skip,
         )
-        state, steps = self.plan_call(num_inference_steps, device, timesteps, sigmas)
-        begin = self.start_index(state, steps, strength, denoising_start)
-        run = state.timesteps[begin:]
-        if len(run) == 0:
-            raise ValueError(
-                f"strength={strength} with num_inference_steps={num_inference_steps} leaves no step to run; "
-                "raise strength or num_inference_steps"
-            )
-        state.set_begin_index(begin)
+        state, run = self.plan_from(num_inference_steps, device, timesteps, sigmas, strength, denoising_start)
         images_total = batch * num_images_per_prompt
         dtype = prompt_embeds.dtype
         from_noise = strength == 1.0
@@ -236,20 +228,14 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLImageBase):
         )
         self.check_unet_channels(mask, masked_latents)
 
-        latent_height, latent_width = (side * self.vae_scale_factor for side in latents.shape[-2:])
-        original_size = original_size or (latent_height, latent_width)
-        target_size = target_size or (latent_height, latent_width)
-        sizes = {
-            "original_size": original_size,
-            "crops_coords_top_left": crops_coords_top_left,
-            "target_size": target_size,
-            "negative_original_size": negative_original_size or original_size,
-            "negative_crops_coords_top_left": negative_crops_coords_top_left,
-            "negative_target_size": negative_target_size or target_size,
-        }
-        time_ids, negative_time_ids = self.xl_time_ids(sizes, aesthetic_score, negative_aesthetic_score, dtype, pooled)
-        tensors = self.added_conditioning(
-            pooled, negative_pooled, time_ids, negative_time_ids, images_total, guidance.enabled, device
+        micro = dict(
+            original_size=original_size, crops_coords_top_left=crops_coords_top_left, target_size=target_size,
+            negative_original_size=negative_original_size,
+            negative_crops_coords_top_left=negative_crops_coords_top_left, negative_target_size=negative_target_size,
+            aesthetic_score=aesthetic_score, negative_aesthetic_score=negative_aesthetic_score,
+        )
+        tensors = self.image_conditioning(
+            latents, pooled, negative_pooled, micro, images_total, guidance.enabled, device, dtype
         )
         tensors.update(
             mask=mask, masked_image_latents=masked_latents, image_latents=image_latents, noise=noise,

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 
 import torch
 
-Size = tuple[int, int]
 
-
-def size_time_ids(original_size: Sequence[int], crops_coords_top_left: Sequence[int], target_size: Sequence[int]) -> list:
+def size_time_ids(
+    original_size: Sequence[int], crops_coords_top_left: Sequence[int], target_size: Sequence[int]
+) -> list:
     # base: [orig_h, orig_w, crop_top, crop_left, target_h, target_w]
     return [*original_size, *crops_coords_top_left, *target_size]
 

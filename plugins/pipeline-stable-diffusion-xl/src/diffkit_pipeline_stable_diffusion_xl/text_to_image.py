@@ -137,7 +137,8 @@ class StableDiffusionXLPipeline(StableDiffusionXLBase):
         negative_time_ids = time_ids
         if negative_original_size is not None and negative_target_size is not None:
             negative_time_ids = self.time_ids(
-                negative_original_size, negative_crops_coords_top_left, negative_target_size, prompt_embeds.dtype, pooled
+                negative_original_size, negative_crops_coords_top_left, negative_target_size,
+                prompt_embeds.dtype, pooled,
             )
         conditioning = self.added_conditioning(
             pooled, negative_pooled, time_ids, negative_time_ids, images_total, guidance.enabled, device

@@ -20,7 +20,9 @@ MESSAGE = 0b101100111110110010010000011110111011000110011110
 BITS = [int(bit) for bit in bin(MESSAGE)[2:]]
 #: images narrower than this are returned unmarked (the encoder cannot hold the message)
 MIN_WIDTH = 256
-INSTALL_HINT = "python -m pip install 'diffkit-pipeline-stable-diffusion-xl[watermark]' (the invisible-watermark package)"
+INSTALL_HINT = (
+    "python -m pip install 'diffkit-pipeline-stable-diffusion-xl[watermark]' (the invisible-watermark package)"
+)
 
 
 def watermark_available() -> bool:
