@@ -256,3 +256,36 @@ def test_strength_runs_its_share_of_the_steps(steps, strength, order):
     start = strength_start(steps, strength, order)
     assert start % order == 0 and 0 <= start <= steps * order
     assert steps - start // order == min(int(steps * strength), steps)
+
+
+# -- per-call state -------------------------------------------------------------------------
+def test_each_image_of_a_batch_is_its_own_single_run_with_negative_sizes(pipe):
+    """The negative time ids follow the negative half of the batch. (diffusers 0.42.1's text-to-image pairs them
+    as [neg, pos, neg, pos] against embeddings [neg, neg, pos, pos] when the negative sizes differ and the batch
+    is larger than one; its img2img and inpainting pipelines pair them as here.)"""
+    call = {**CALL, "negative_original_size": (16, 16), "negative_target_size": (8, 24), "guidance_scale": 6.0}
+    both = pipe(["a cat", "a dog"], generator=[_seed(0), _seed(1)], **call).images
+    cat = pipe("a cat", generator=_seed(0), **call).images
+    dog = pipe("a dog", generator=_seed(1), **call).images
+    assert np.abs(both - np.concatenate([cat, dog])).max() < 1e-5
+
+
+def test_threads_sharing_one_pipeline_get_their_sequential_images(pipe, components):
+    from concurrent.futures import ThreadPoolExecutor
+
+    vae16 = type(components["vae"]).from_config(components["vae"].config)
+    vae16.load_state_dict(components["vae"].state_dict())
+    shared = type(pipe)(**{**pipe.components, "vae": vae16.half()}, add_watermarker=False)  # upcast on every decode
+    shared.set_progress_bar_config(disable=True)
+    jobs = [("a cat", 0, 1.0, 2), ("a red dog", 1, 6.0, 3), ("a house", 2, 3.0, 2), ("a tree", 3, 9.0, 3)]
+
+    def run(job):
+        prompt, seed, scale, steps = job
+        return shared(prompt, generator=_seed(seed), guidance_scale=scale, num_inference_steps=steps, height=32,
+                      width=32, output_type="np", denoising_end=0.9 if steps == 3 else None).images
+
+    sequential = [run(job) for job in jobs]
+    with ThreadPoolExecutor(4) as pool:
+        concurrent = list(pool.map(run, jobs))
+    for one, other in zip(sequential, concurrent, strict=True):
+        assert np.array_equal(one, other)
