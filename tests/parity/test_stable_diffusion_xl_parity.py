@@ -347,6 +347,7 @@ INPAINT_GRID = [
     ("strength-1-batch", {"strength": 1.0, "prompt": ["a cat", "a dog"], "generators": 2}),
     ("no-guidance", {"strength": 0.8, "guidance_scale": 1.0}),
     ("dpm", {"strength": 0.7, "scheduler": "DPMSolverMultistepScheduler"}),
+    ("padding-mask-crop", {"strength": 0.8, "padding_mask_crop": 2, "output_type": "pil", "image_size": 48}),
 ]
 
 
@@ -357,10 +358,12 @@ def test_inpaint_matches(inpainter, call):
     call = dict(call)
     reference, pipe = _with_scheduler(reference, pipe, call.pop("scheduler", None))
     generators = call.pop("generators", None)
-    call = {"prompt": PROMPT, "image": _image(), "mask_image": _mask(), **CALL, **call}
+    size = call.pop("image_size", 32)
+    call = {"prompt": PROMPT, "image": _image(size=size), "mask_image": _mask(size), **CALL, **call}
     expected = reference(**call, generator=_generators(0, generators))
     got = pipe(**call, generator=_generators(0, generators))
-    _assert_close(expected.images, got.images)
+    # PIL images are uint8: allow one rounding step where float32 noise sits on a boundary
+    _assert_close(expected.images, got.images, atol=1.0 if call["output_type"] == "pil" else ATOL)
 
 
 @pytest.mark.parametrize("inpainter", [4], indirect=True, ids=["plain-unet"])

@@ -179,9 +179,11 @@ def test_watermark_goes_through_the_encoder_on_images_of_256_px_and_more(monkeyp
         ("StableDiffusionXLImg2ImgPipeline",
          {"prompt": "a", "image": _image(), "denoising_start": 0.8, "denoising_end": 0.5}, ["denoising_start"]),
         ("StableDiffusionXLInpaintPipeline", {"prompt": "a", "image": _image()}, ["mask_image"]),
+        ("StableDiffusionXLInpaintPipeline", {"prompt": "a", "image": _image(), "mask_image": _mask(),
+                                              "padding_mask_crop": 2}, ["padding_mask_crop", "output_type='pil'"]),
     ],
     ids=["prompt-2-and-embeds", "embeds-without-pooled", "prompt-2-type", "clip-skip", "callback-inputs",
-         "no-image", "strength", "no-step-left", "start-after-end", "no-mask"],
+         "no-image", "strength", "no-step-left", "start-after-end", "no-mask", "mask-crop-output"],
 )
 def test_bad_call_arguments_name_the_argument(pipe, name, arguments, words):
     sibling = _sibling(pipe, name)

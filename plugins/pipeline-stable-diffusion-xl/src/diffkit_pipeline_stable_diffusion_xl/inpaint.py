@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import PIL.Image
 import torch
 
 from diffkit_pipeline_stable_diffusion.base import Generator, Prompt, StepCallback
@@ -22,6 +23,19 @@ PLAIN_CHANNELS = 4
 def keep_known_region(latents: torch.Tensor, known: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     # where the mask is 0 the (noised) original stays: (1 - m) * known + m * latents
     return (1 - mask) * known + mask * latents
+
+
+def check_mask_crop(padding_mask_crop: int | None, image: Any, mask_image: Any, output_type: str) -> None:
+    """``padding_mask_crop`` pastes a PIL result into a PIL original: it needs PIL inputs and output."""
+    if padding_mask_crop is None:
+        return
+    if not isinstance(padding_mask_crop, int) or isinstance(padding_mask_crop, bool) or padding_mask_crop < 0:
+        raise ValueError(f"padding_mask_crop must be None or a number of pixels >= 0, got {padding_mask_crop!r}")
+    for name, value in (("image", image), ("mask_image", mask_image)):
+        if not isinstance(value, PIL.Image.Image):
+            raise ValueError(f"padding_mask_crop needs {name} as one PIL image, got {type(value).__name__}")
+    if output_type != "pil":
+        raise ValueError(f"padding_mask_crop pastes into the PIL original: use output_type='pil', not {output_type!r}")
 
 
 class StableDiffusionXLInpaintPipeline(StableDiffusionXLImageBase):
@@ -119,6 +133,7 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLImageBase):
         masked_image_latents: torch.Tensor | None = None,
         height: int | None = None,
         width: int | None = None,
+        padding_mask_crop: int | None = None,
         strength: float = 0.9999,
         num_inference_steps: int = 50,
         timesteps: Sequence[int] | None = None,
@@ -154,7 +169,10 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLImageBase):
     ) -> StableDiffusionXLPipelineOutput | tuple[Any]:
         """Inpaint ``image`` where ``mask_image`` is white (>= 0.5 after conversion to grayscale).
 
-        Both are resized to ``height`` x ``width`` (default: the UNet's size). ``strength`` near 1
+        Both are resized to ``height`` x ``width`` (default: the UNet's size). With
+        ``padding_mask_crop=p`` only the box around the mask, grown by ``p`` pixels, is inpainted
+        at that size and pasted back into the original (PIL in, ``output_type="pil"`` out).
+        ``strength`` near 1
         starts the masked region from noise; lower keeps more of the original there.
         ``masked_image_latents`` replaces the encoded masked image. ``denoising_start`` /
         ``denoising_end``, the aesthetic scores and the rest are as in
@@ -172,6 +190,7 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLImageBase):
         self.check_image_size(height, width)
         self.check_output_type(output_type)
         self.check_callback_inputs(callback_on_step_end_tensor_inputs)
+        check_mask_crop(padding_mask_crop, image, mask_image, output_type)
         device = self._execution_device
         guidance = self.guidance(guidance_scale, guidance_rescale)
         prompt_embeds, negative_prompt_embeds, pooled, negative_pooled = self.encode_prompt(
@@ -194,8 +213,16 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLImageBase):
         dtype = prompt_embeds.dtype
         from_noise = strength == 1.0
 
-        pixels = self.preprocess_image(image, height, width).to(torch.float32)
-        mask = self.mask_processor.preprocess(mask_image, height=height, width=width)
+        crops_coords, resize_mode = None, "default"
+        if padding_mask_crop is not None:
+            crops_coords = self.mask_processor.get_crop_region(mask_image, width, height, pad=padding_mask_crop)
+            resize_mode = "fill"
+        pixels = self.image_processor.preprocess(
+            image, height=height, width=width, resize_mode=resize_mode, crops_coords=crops_coords
+        ).to(torch.float32)
+        mask = self.mask_processor.preprocess(
+            mask_image, height=height, width=width, resize_mode=resize_mode, crops_coords=crops_coords
+        )
         if masked_image_latents is not None:
             masked_image = masked_image_latents
         elif pixels.shape[1] == self.vae.config.latent_channels:
@@ -256,4 +283,6 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLImageBase):
             extra_tensors=tensors,
         )
         images, _ = self.decode_latents_to_images(latents, output_type, device, dtype)
+        if padding_mask_crop is not None:
+            images = [self.image_processor.apply_overlay(mask_image, image, one, crops_coords) for one in images]
         return self.finish(images, return_dict)
