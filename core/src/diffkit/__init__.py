@@ -14,6 +14,9 @@ __version__ = "0.1.0"
 _LAZY: dict[str, tuple[str, str]] = {
     "Pipeline": ("diffkit.pipeline", "Pipeline"),
     "DiffusionPipeline": ("diffkit.pipeline", "Pipeline"),
+    "AutoPipelineForText2Image": ("diffkit.auto_pipeline", "AutoPipelineForText2Image"),
+    "AutoPipelineForImage2Image": ("diffkit.auto_pipeline", "AutoPipelineForImage2Image"),
+    "AutoPipelineForInpainting": ("diffkit.auto_pipeline", "AutoPipelineForInpainting"),
     "Model": ("diffkit.model", "Model"),
     "Scheduler": ("diffkit.scheduler", "Scheduler"),
     "SchedulerState": ("diffkit.scheduler", "SchedulerState"),
@@ -97,6 +100,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from ._registry import Registry, registry
+    from .auto_pipeline import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
     from .attention import AttentionBackend
     from .config import Config
     from .errors import (

@@ -292,6 +292,8 @@ class Registry:
                     )
                 if target is None:
                     raise PluginError(f"register({name!r}, None): the target is missing")
+                if _kind == "pipeline":
+                    hookspecs.PipelineRole.from_meta(name, info.dist, meta)
                 found.append(Entry(_kind, name, target, info.dist, info.version, dict(meta)))
 
             try:

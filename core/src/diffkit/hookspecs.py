@@ -8,6 +8,7 @@ until a name is actually resolved.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,12 @@ Register = Callable[..., None]
 
 @hookspec
 def register_pipelines(register: Register) -> None:
-    """Register pipeline classes by their ``model_index.json`` ``_class_name``."""
+    """Register pipeline classes by their ``model_index.json`` ``_class_name``.
+
+    ``register(name, target, task="image-to-image", family="stable-diffusion")``: the optional
+    ``task`` and ``family`` (see :class:`PipelineRole`) let ``AutoPipelineFor*`` pick, for a
+    checkpoint or a loaded pipeline, the pipeline of the same family that does another task.
+    """
 
 
 @hookspec
@@ -95,6 +101,39 @@ class PretrainedDefaults:
         if not isinstance(defaults, Mapping) or not all(isinstance(k, str) and k.isidentifier() for k in defaults):
             raise PluginError(f"{where} call_defaults={defaults!r}; it must map __call__ parameter names to values")
         return cls(scheduler, dict(defaults))
+
+
+#: the tasks that ``AutoPipelineForText2Image``, ``...Image2Image`` and ``...Inpainting`` map to
+TEXT_TO_IMAGE, IMAGE_TO_IMAGE, INPAINTING = "text-to-image", "image-to-image", "inpainting"
+
+_ROLE_WORD = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+
+
+@dataclass(frozen=True)
+class PipelineRole:
+    """What a ``register_pipelines`` registration declares: the ``task`` it does and the model ``family``.
+
+    Both are lowercase hyphenated words (``"inpainting"``, ``"stable-diffusion-xl"``). Pipelines
+    of one family load the same checkpoints and share their components, so ``from_pipe`` can turn
+    one into another; the task tells the ``AutoPipelineFor*`` classes which one to build
+    (:data:`TEXT_TO_IMAGE`, :data:`IMAGE_TO_IMAGE`, :data:`INPAINTING`, or a task of the family's own).
+    """
+
+    task: str | None = None
+    family: str | None = None
+
+    @classmethod
+    def from_meta(cls, name: str, dist: str, meta: Mapping[str, Any]) -> PipelineRole:
+        """Read and check the keywords of ``register(name, target, **meta)``; a bad one names the plugin."""
+        where = f"plugin {dist!r} registers pipeline {name!r} with"
+        unknown = sorted(set(meta) - {"task", "family"})
+        if unknown:
+            raise PluginError(f"{where} unknown keywords {unknown}; the known ones are 'task', 'family'")
+        for key in ("task", "family"):
+            value = meta.get(key)
+            if value is not None and (not isinstance(value, str) or not _ROLE_WORD.match(value)):
+                raise PluginError(f"{where} {key}={value!r}; it must be lowercase words joined by '-'")
+        return cls(meta.get("task"), meta.get("family"))
 
 
 @hookspec
