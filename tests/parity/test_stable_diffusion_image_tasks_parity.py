@@ -243,3 +243,69 @@ def test_instruct_pix2pix_matches_diffusers(pix2pix_checkpoint, name, scheduler,
     image = _image(8, 27, 37) if call.pop("image", None) == "odd" else _image(8)
     expected, got = _run_both(ref, kit, image=image, num_inference_steps=3, **call)
     _assert_close(expected.images, got.images)
+
+
+# -- diffusers loads what diffkit saves ------------------------------------------------------------------
+ROUND_TRIP = [
+    ("StableDiffusionImg2ImgPipeline", "text_checkpoint", {"strength": 0.6}),
+    ("StableDiffusionInpaintPipeline", "inpaint_checkpoint", {"mask_image": "mask", "strength": 0.9}),
+    ("StableDiffusionInstructPix2PixPipeline", "pix2pix_checkpoint", {}),
+]
+
+
+@pytest.mark.parametrize(("name", "fixture", "call"), ROUND_TRIP, ids=[r[0] for r in ROUND_TRIP])
+def test_diffusers_loads_what_diffkit_saves(request, tmp_path, name, fixture, call):
+    _, pipe, _ = request.getfixturevalue(fixture)
+    kit = _quiet(registry.get("pipeline", name)(**pipe.components, requires_safety_checker=False))
+    kit.save_pretrained(tmp_path / "saved")
+    ref = _quiet(getattr(diffusers, name).from_pretrained(tmp_path / "saved"))
+    assert type(ref).__name__ == name
+    call = dict(call)
+    if call.pop("mask_image", None):
+        call["mask_image"] = _mask()
+    expected, got = _run_both(ref, kit, image=_image(11), height=32, width=32, **call) if "Inpaint" in name else \
+        _run_both(ref, kit, image=_image(11), **call)
+    _assert_close(expected.images, got.images)
+
+
+# -- AutoPipeline ----------------------------------------------------------------------------------------
+def _parameter_bytes(*pipes) -> int:
+    """Bytes of the distinct tensor storages behind every parameter and buffer of the pipelines' modules."""
+    seen: dict[int, int] = {}
+    for pipe in pipes:
+        for component in pipe.components.values():
+            if isinstance(component, torch.nn.Module):
+                for tensor in [*component.parameters(), *component.buffers()]:
+                    storage = tensor.untyped_storage()
+                    seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
+
+
+def test_auto_pipelines_pick_the_task_class_for_a_checkpoint(text_checkpoint, inpaint_checkpoint):
+    from diffkit import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
+
+    text_folder, inpaint_folder = text_checkpoint[2], inpaint_checkpoint[2]
+    assert type(AutoPipelineForImage2Image.from_pretrained(text_folder)).__name__ == "StableDiffusionImg2ImgPipeline"
+    assert type(AutoPipelineForInpainting.from_pretrained(text_folder)).__name__ == "StableDiffusionInpaintPipeline"
+    assert type(AutoPipelineForText2Image.from_pretrained(inpaint_folder)).__name__ == "StableDiffusionPipeline"
+    inpaint = AutoPipelineForInpainting.from_pretrained(inpaint_folder, torch_dtype=torch.float32)
+    assert type(inpaint).__name__ == "StableDiffusionInpaintPipeline" and inpaint.unet.config.in_channels == 9
+
+
+def test_from_pipe_shares_components_and_matches_diffusers(text_checkpoint):
+    from diffkit import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
+
+    reference, pipe, _ = text_checkpoint
+    before = _parameter_bytes(pipe)
+    img2img = AutoPipelineForImage2Image.from_pipe(pipe)
+    inpaint = AutoPipelineForInpainting.from_pipe(img2img)
+    back = AutoPipelineForText2Image.from_pipe(inpaint)
+    assert [type(p).__name__ for p in (img2img, inpaint, back)] == [
+        "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline", "StableDiffusionPipeline"]
+    for sibling in (img2img, inpaint, back):
+        assert all(sibling.components[name] is component for name, component in pipe.components.items())
+    # no new parameter memory: the four pipelines hold exactly the storages of the first
+    assert _parameter_bytes(pipe, img2img, inpaint, back) == before > 0
+    ref = _quiet(diffusers.AutoPipelineForImage2Image.from_pipe(reference))
+    expected, got = _run_both(ref, img2img, image=_image(12), strength=0.5)
+    _assert_close(expected.images, got.images)
