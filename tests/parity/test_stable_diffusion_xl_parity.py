@@ -347,6 +347,7 @@ INPAINT_GRID = [
     ("strength-1-batch", {"strength": 1.0, "prompt": ["a cat", "a dog"], "generators": 2}),
     ("no-guidance", {"strength": 0.8, "guidance_scale": 1.0}),
     ("dpm", {"strength": 0.7, "scheduler": "DPMSolverMultistepScheduler"}),
+    ("numpy-image-tensor-mask", {"strength": 0.8, "as_arrays": True}),
     ("padding-mask-crop", {"strength": 0.8, "padding_mask_crop": 2, "output_type": "pil", "image_size": 48}),
 ]
 
@@ -359,7 +360,11 @@ def test_inpaint_matches(inpainter, call):
     reference, pipe = _with_scheduler(reference, pipe, call.pop("scheduler", None))
     generators = call.pop("generators", None)
     size = call.pop("image_size", 32)
-    call = {"prompt": PROMPT, "image": _image(size=size), "mask_image": _mask(size), **CALL, **call}
+    image, mask = _image(size=size), _mask(size)
+    if call.pop("as_arrays", False):  # NHWC floats in [0, 1] and a NCHW tensor
+        image = np.asarray(image, dtype=np.float32)[None] / 255.0
+        mask = torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0)[None, None]
+    call = {"prompt": PROMPT, "image": image, "mask_image": mask, **CALL, **call}
     expected = reference(**call, generator=_generators(0, generators))
     got = pipe(**call, generator=_generators(0, generators))
     # PIL images are uint8: allow one rounding step where float32 noise sits on a boundary
@@ -401,3 +406,20 @@ def test_diffusers_loads_what_diffkit_saves(request, tmp_path, kind):
     expected = reloaded(**call, generator=_generators(0, 2))
     got = pipe(**call, generator=_generators(0, 2))
     _assert_close(expected.images, got.images)
+
+
+def test_float16_on_cpu_matches_loosely(base):
+    """Both load the checkpoint in float16; the VAE decodes in float32 (force_upcast) on both sides."""
+    _, _, folder = base
+    reference = diffusers.StableDiffusionXLPipeline.from_pretrained(folder, torch_dtype=torch.float16,
+                                                                    add_watermarker=False)
+    reference.set_progress_bar_config(disable=True)
+    try:
+        expected = reference(PROMPT, generator=_generators(0, None), **CALL).images
+    except RuntimeError as exc:  # older CPU kernels lack some float16 ops
+        pytest.skip(f"this torch build cannot run the model in float16 on the CPU: {exc}")
+    pipe = _load(folder, torch_dtype=torch.float16)
+    assert pipe.unet.dtype == torch.float16 and pipe.vae.dtype == torch.float16
+    got = pipe(PROMPT, generator=_generators(0, None), **CALL).images
+    assert pipe.vae.dtype == torch.float16
+    _assert_close(expected, got, atol=1e-2)
