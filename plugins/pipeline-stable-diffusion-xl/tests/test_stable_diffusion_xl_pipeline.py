@@ -291,3 +291,15 @@ def test_threads_sharing_one_pipeline_get_their_sequential_images(pipe, componen
         concurrent = list(pool.map(run, jobs))
     for one, other in zip(sequential, concurrent, strict=True):
         assert np.array_equal(one, other)
+
+
+def test_model_offload_gives_the_same_images(pipe):
+    inpaint = _sibling(pipe, "StableDiffusionXLInpaintPipeline")
+    call = dict(prompt="a cat", image=_image(), mask_image=_mask(), **CALL)
+    plain = inpaint(generator=_seed(), **call).images
+    inpaint.enable_offload("model", device="cpu")
+    try:
+        offloaded = inpaint(generator=_seed(), **call).images
+    finally:
+        inpaint.disable_offload()
+    assert np.array_equal(plain, offloaded)
