@@ -313,6 +313,7 @@ def test_base_to_refiner_ensemble_matches(base, refiner):
     # latents are not in [0, 1]: at 80% of the schedule they still carry noise of sigma ~1, so the tolerance
     # is relative to their scale (float32 rounding in Euler's steps, ~1e-6 relative)
     _assert_close(expected_latents, got_latents, atol=ATOL * float(expected_latents.abs().max()))
+    assert base_kit.num_timesteps == base_ref.num_timesteps == 4
     del call["height"], call["width"]
     # both refiners finish the same latents, so the images compare at the absolute tolerance
     expected = refiner_ref(**call, image=expected_latents, denoising_start=0.8, output_type="np",
@@ -320,6 +321,7 @@ def test_base_to_refiner_ensemble_matches(base, refiner):
     got = refiner_kit(**call, image=expected_latents, denoising_start=0.8, output_type="np",
                       generator=_generators(1, None)).images
     _assert_close(expected, got)
+    assert refiner_kit.num_timesteps == refiner_ref.num_timesteps
     steps = []
     refiner_kit(**call, image=got_latents, denoising_start=0.8, output_type="latent", generator=_generators(1, None),
                 callback_on_step_end=lambda _p, i, t, k: steps.append(int(t)) or k)
