@@ -29,3 +29,28 @@ def register_pipelines(register: Register) -> None:
         task="instruct-pix2pix",
         family="stable-diffusion",
     )
+    # each of these loads its own kind of checkpoint (UNet inputs, components), so each is its own family
+    register(
+        "StableDiffusionDepth2ImgPipeline",
+        "diffkit_pipeline_stable_diffusion.depth_to_image:StableDiffusionDepth2ImgPipeline",
+        task="depth-to-image",
+        family="stable-diffusion-depth",
+    )
+    register(
+        "StableDiffusionImageVariationPipeline",
+        "diffkit_pipeline_stable_diffusion.image_variation:StableDiffusionImageVariationPipeline",
+        task="image-variation",
+        family="stable-diffusion-image-variation",
+    )
+    register(
+        "StableDiffusionUpscalePipeline",
+        "diffkit_pipeline_stable_diffusion.upscale:StableDiffusionUpscalePipeline",
+        task="super-resolution",
+        family="stable-diffusion-x4-upscaler",
+    )
+    register(
+        "StableDiffusionLatentUpscalePipeline",
+        "diffkit_pipeline_stable_diffusion.latent_upscale:StableDiffusionLatentUpscalePipeline",
+        task="latent-upscaling",
+        family="stable-diffusion-latent-upscaler",
+    )
