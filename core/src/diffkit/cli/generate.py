@@ -15,7 +15,7 @@ from typing import Any
 
 from .._registry import registry
 from ..errors import ComponentNotFoundError, DiffkitError, PluginError
-from ..hookspecs import PretrainedDefaults
+from ..hookspecs import IMAGE_TO_IMAGE, INPAINTING, PretrainedDefaults
 from .common import (
     EXIT_MISSING,
     EXIT_OK,
@@ -27,6 +27,7 @@ from .common import (
     one_line,
     positive_int,
     seed_number,
+    unit_float,
 )
 from .output import (
     AUDIO_SUFFIX,
@@ -101,9 +102,31 @@ CALL_OPTIONS: tuple[CallOption, ...] = (
     CallOption("--width", ("width",), "PX", "image width in pixels (default: the pipeline's)", positive_int),
     CallOption("--image", ("image",), "FILE", "input image, for image-to-image pipelines", existing_file, _open_image),
     CallOption(
-        "--mask-image", ("mask_image",), "FILE", "mask image, for inpainting pipelines", existing_file, _open_image
+        "--mask-image",
+        ("mask_image",),
+        "FILE",
+        "mask image, white where to paint, for inpainting pipelines",
+        existing_file,
+        _open_image,
+    ),
+    CallOption(
+        "--strength",
+        ("strength",),
+        "S",
+        "with --image: how much of the schedule runs from the image, 0 to 1 (default: the pipeline's)",
+        unit_float,
+    ),
+    CallOption(
+        "--image-guidance-scale",
+        ("image_guidance_scale",),
+        "G",
+        "how closely to follow --image, for InstructPix2Pix pipelines (default: the pipeline's)",
+        finite_float,
     ),
 )
+
+#: the task a run does when image inputs are given: a mask makes it inpainting
+IMAGE_INPUTS: tuple[tuple[str, str], ...] = (("mask_image", INPAINTING), ("image", IMAGE_TO_IMAGE))
 
 
 def add_parser(sub: Any) -> None:
@@ -123,7 +146,9 @@ def add_parser(sub: Any) -> None:
     parser.add_argument(
         "--pipeline",
         metavar="NAME",
-        help="load the checkpoint into this installed pipeline class instead of the one it names (e.g. PNDMPipeline)",
+        help="load the checkpoint into this installed pipeline class instead of the one it names (e.g. PNDMPipeline); "
+        "without it, --image picks the checkpoint family's image-to-image pipeline and --mask-image its inpainting one "
+        "when the named pipeline takes neither",
     )
     parser.add_argument("--device", default="auto", metavar="D", help="cpu, cuda, cuda:1, mps... (default: auto)")
     parser.add_argument("--dtype", metavar="T", help="float32, float16, bfloat16 or auto (default: float32)")
@@ -181,6 +206,36 @@ def _installed_class(kind: str, name: str | None, flag: str) -> type | None:
         return registry.get(kind, name)
     except ComponentNotFoundError as exc:
         raise CLIError(f"{flag}: {one_line(exc)}") from None
+
+
+def _pipeline_for_inputs(args: argparse.Namespace, options: dict[str, Any]) -> type | None:
+    """The pipeline of the checkpoint's family for the task the image options ask for, when the
+    checkpoint's own pipeline does not take them (``--image``: image-to-image, ``--mask-image``:
+    inpainting); ``None`` to load the class the checkpoint names.
+    """
+    import inspect
+
+    from ..auto_pipeline import checkpoint_class_name, pipeline_for_task
+
+    given = [name for name, _ in IMAGE_INPUTS if getattr(args, name) is not None]
+    if not given:
+        return None
+    task = next(task for name, task in IMAGE_INPUTS if name in given)
+    try:
+        class_name = checkpoint_class_name(args.source, options)
+        own = registry.get("pipeline", class_name) if class_name is not None else None
+    except (DiffkitError, OSError, ValueError, TypeError):
+        return None  # loading says what is wrong with the checkpoint
+    if own is None or set(given) <= set(inspect.signature(own.__call__).parameters):
+        return None
+    if registry.entry("pipeline", class_name).meta.get("family") is None:
+        return None  # no siblings to pick from: the call says which option it does not take
+    flags = " and ".join("--" + name.replace("_", "-") for name in given)
+    try:
+        entry = pipeline_for_task(class_name, task)
+    except ValueError as exc:
+        raise CLIError(f"{class_name} does not take {flags}, and {one_line(exc)}; pick one with --pipeline NAME") from None
+    return registry.get("pipeline", entry.name)
 
 
 def _swap_scheduler(pipe: Any, scheduler_cls: type) -> Any:
@@ -285,6 +340,8 @@ def run(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {} if dtype is None else {"torch_dtype": dtype}
     if args.local_files_only:
         options["local_files_only"] = True
+    if pipeline_cls is None:
+        pipeline_cls = _pipeline_for_inputs(args, options)
     try:
         # only the sampling bar: an error after loading stays a single line
         with env_var("DIFFKIT_DISABLE_PROGRESS", "1"):
