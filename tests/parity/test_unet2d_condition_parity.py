@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 diffusers = pytest.importorskip("diffusers")
 
 from diffkit_models_unet.cross_attn_blocks import CrossAttnDownBlock2D  # noqa: E402
-from diffkit_models_unet.unet_2d_condition import UNet2DConditionModel  # noqa: E402
+from diffkit.errors import ConfigError  # noqa: E402
+from diffkit_models_unet.unet_2d_condition import UNet2DConditionConfig, UNet2DConditionModel  # noqa: E402
 
 ATOL = 1e-5
 CONTEXT_DIM = 12
@@ -77,6 +78,25 @@ FIXED = {
     "lcm": dict(THREE_LEVELS, time_cond_proj_dim=6),
     "inpaint": dict(TWO_LEVELS, in_channels=9),
     "pix2pix": dict(TWO_LEVELS, in_channels=8),
+    "x2-latent-upscaler": dict(
+        sample_size=16,
+        block_out_channels=(32, 32, 64, 64),
+        down_block_types=("KDownBlock2D",) + ("KCrossAttnDownBlock2D",) * 3,
+        up_block_types=("KCrossAttnUpBlock2D",) * 3 + ("KUpBlock2D",),
+        mid_block_type=None,
+        norm_num_groups=None,
+        attention_head_dim=8,
+        cross_attention_dim=CONTEXT_DIM,
+        act_fn="gelu",
+        time_embedding_type="fourier",
+        timestep_post_act="gelu",
+        time_cond_proj_dim=20,
+        conv_in_kernel=1,
+        conv_out_kernel=1,
+        in_channels=8,
+        out_channels=5,
+        resnet_time_scale_shift="scale_shift",
+    ),
 }
 
 
@@ -424,6 +444,45 @@ def configs(draw) -> dict[str, Any]:
     if "encoder_hid_dim" in config or addition == "text":
         config["cross_attention_dim"] = CONTEXT_DIM  # a text projection or pooling needs one width
     return config
+
+
+@st.composite
+def k_configs(draw) -> dict[str, Any]:
+    """Small UNet2DConditionModel configs over the K-diffusion blocks (the x2 latent upscaler's)."""
+    levels = draw(st.integers(2, 3))
+    widths = draw(st.sampled_from([(32, 64, 64), (32, 32, 64), (64, 32, 32)]))[:levels]
+    cross = [draw(st.booleans()) for _ in range(levels)]
+    config = dict(
+        sample_size=8,
+        block_out_channels=widths,
+        down_block_types=tuple("KCrossAttnDownBlock2D" if c else "KDownBlock2D" for c in cross),
+        up_block_types=tuple("KCrossAttnUpBlock2D" if c else "KUpBlock2D" for c in reversed(cross)),
+        mid_block_type=None,
+        norm_num_groups=draw(st.sampled_from([None, 32])),
+        layers_per_block=draw(st.integers(1, 2)),
+        attention_head_dim=draw(st.sampled_from([8, 16, (8, 16, 32)[:levels]])),
+        cross_attention_dim=CONTEXT_DIM,
+        act_fn=draw(st.sampled_from(["gelu", "silu"])),
+        time_embedding_type=draw(st.sampled_from(["fourier", "positional"])),
+        time_embedding_dim=draw(st.sampled_from([None, 64])),
+        timestep_post_act=draw(st.sampled_from([None, "gelu"])),
+        time_cond_proj_dim=draw(st.sampled_from([None, 6])),
+        conv_in_kernel=draw(st.sampled_from([1, 3])),
+        norm_eps=draw(st.sampled_from([1e-5, 1e-6])),
+    )
+    try:  # K blocks constrain which widths may meet; diffkit refuses the combinations diffusers cannot run
+        UNet2DConditionConfig.from_dict(config)
+    except ConfigError:
+        assume(False)
+    return config
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(config=k_configs())
+def test_drawn_k_diffusion_configs_match_diffusers(config):
+    theirs, ours = _build(config)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    _assert_close(*_outputs(theirs, ours, _inputs(config)))
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -157,7 +157,26 @@ def test_legacy_block_prefix_is_dropped():
         ({"layers_per_block": (1, 1, 1)}, ["layers_per_block"]),
         ({"num_attention_heads": 2}, ["num_attention_heads", "attention_head_dim"]),
         ({"dual_cross_attention": True}, ["dual_cross_attention", "not implemented"]),
-        ({"norm_num_groups": None}, ["norm_num_groups"]),
+        ({"norm_num_groups": None}, ["norm_num_groups", "K-diffusion"]),
+        ({"down_block_types": ("KDownBlock2D", "DownBlock2D"), "block_out_channels": (32, 32)}, ["mix K-diffusion"]),
+        (
+            {
+                "down_block_types": ("KDownBlock2D", "KCrossAttnDownBlock2D"),
+                "up_block_types": ("KCrossAttnUpBlock2D", "KUpBlock2D"),
+                "mid_block_type": None,
+                "block_out_channels": (32, 48),
+            },
+            ["multiples of 32", "block_out_channels[1]=48"],
+        ),
+        (
+            {
+                "down_block_types": ("KDownBlock2D", "KCrossAttnDownBlock2D"),
+                "up_block_types": ("KCrossAttnUpBlock2D", "KUpBlock2D"),
+                "mid_block_type": None,
+                "block_out_channels": (32, 64),
+            },
+            ["up_block_types[0]='KCrossAttnUpBlock2D' expects a skip connection", "passes none"],
+        ),
         ({"norm_num_groups": 3}, ["divisible by norm_num_groups=3"]),
         ({"attention_head_dim": 9}, ["exceeds block_out_channels[0]=8"]),
         ({"conv_in_kernel": 4}, ["conv_in_kernel", "odd"]),

@@ -17,6 +17,7 @@ class CrossAttention(nn.Module):
     :attr:`attention_backend` computes the product; ``to_out`` projects back. Parameter names
     are those of diffusers' ``Attention`` so checkpoints load unchanged.
 
+    ``context_norm`` layer-normalises the context first (``norm_cross``, the K-diffusion blocks).
     ``upcast_attention`` is kept as diffusers' configs carry it; as in diffusers' default
     (fused SDPA) path it changes nothing: fused kernels accumulate in float32 already.
     """
@@ -31,6 +32,7 @@ class CrossAttention(nn.Module):
         upcast_attention: bool = False,
         bias: bool = False,
         dropout: float = 0.0,
+        context_norm: bool = False,
     ) -> None:
         super().__init__()
         self.heads = heads
@@ -43,6 +45,7 @@ class CrossAttention(nn.Module):
         self.to_k = nn.Linear(source_dim, inner, bias=bias)
         self.to_v = nn.Linear(source_dim, inner, bias=bias)
         self.to_out = nn.ModuleList([nn.Linear(inner, query_dim), nn.Dropout(dropout)])
+        self.norm_cross = nn.LayerNorm(source_dim) if context_norm else None
         self.attention_backend: AttentionBackend = default_backend()
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -62,7 +65,10 @@ class CrossAttention(nn.Module):
         ``bias``: an additive ``(batch, 1, key_tokens)`` mask (0 to keep, a large negative value
         to drop), the same for every head and query.
         """
-        source = x if context is None else context
+        if context is None:
+            source = x
+        else:
+            source = context if self.norm_cross is None else self.norm_cross(context)
         batch, tokens, _ = x.shape
         query = self._split_heads(self.to_q(x))
         key = self._split_heads(self.to_k(source))

@@ -3,7 +3,9 @@
 Same config keys, defaults, state-dict keys and numbers as diffusers' class of that name for
 the block types Stable Diffusion 1.x/2.x/XL, the x4 upscaler, LCM, inpainting and
 InstructPix2Pix checkpoints use (``CrossAttnDownBlock2D``, ``DownBlock2D``,
-``UNetMidBlock2DCrossAttn``, ``UNetMidBlock2D``, ``CrossAttnUpBlock2D``, ``UpBlock2D``).
+``UNetMidBlock2DCrossAttn``, ``UNetMidBlock2D``, ``CrossAttnUpBlock2D``, ``UpBlock2D``), and
+the K-diffusion blocks of the x2 latent upscaler (``KDownBlock2D``, ``KCrossAttnDownBlock2D``,
+``KUpBlock2D``, ``KCrossAttnUpBlock2D``; there ``attention_head_dim`` is the width of a head).
 """
 
 from __future__ import annotations
@@ -36,11 +38,13 @@ from .embeddings import (
     TextTimeEmbedding,
     TimestepEmbedding,
 )
+from .k_blocks import K_BLOCKS, KCrossAttnDownBlock2D, KCrossAttnUpBlock2D, KDownBlock2D, KUpBlock2D
+from .k_resnet import K_GROUP_SIZE
 from .unet_2d import broadcast_timesteps
 
 
-CondDownBlockType = Literal["CrossAttnDownBlock2D", "DownBlock2D"]
-CondUpBlockType = Literal["CrossAttnUpBlock2D", "UpBlock2D"]
+CondDownBlockType = Literal["CrossAttnDownBlock2D", "DownBlock2D", "KDownBlock2D", "KCrossAttnDownBlock2D"]
+CondUpBlockType = Literal["CrossAttnUpBlock2D", "UpBlock2D", "KUpBlock2D", "KCrossAttnUpBlock2D"]
 CondMidBlockType = Literal["UNetMidBlock2DCrossAttn", "UNetMidBlock2D"]
 
 #: the value a masked-out token adds to the attention scores, as in diffusers
@@ -194,6 +198,11 @@ class UNet2DConditionConfig(Config):
         return tuple(value) if isinstance(value, tuple) else (value,) * self.num_blocks
 
     @property
+    def uses_k_blocks(self) -> bool:
+        """Whether the UNet is built from diffusers' K-diffusion blocks (the x2 latent upscaler)."""
+        return any(t in K_BLOCKS for t in (*self.down_block_types, *self.up_block_types))
+
+    @property
     def heads(self) -> tuple[int, ...]:
         """Attention heads per down block (diffusers reads ``attention_head_dim`` as head counts)."""
         return self.per_block("attention_head_dim")
@@ -233,11 +242,6 @@ def condition_config_problems(cfg: UNet2DConditionConfig) -> list[str]:
         problems.append(
             "dual_cross_attention=True (Versatile Diffusion's DualTransformer2DModel) is not implemented in diffkit"
         )
-    if cfg.norm_num_groups is None:
-        problems.append(
-            "norm_num_groups=None only suits diffusers' K-diffusion blocks, which diffkit does not implement; "
-            "the resnets and transformers of CrossAttn/Down/Up blocks need a GroupNorm group count"
-        )
     if n == 0:
         problems.append("down_block_types must list at least one block")
     if len(cfg.block_out_channels) != n:
@@ -272,16 +276,21 @@ def condition_config_problems(cfg: UNet2DConditionConfig) -> list[str]:
             "transformer_layers_per_block lists per-layer depths; then reverse_transformer_layers_per_block must "
             "give the up blocks' depths too"
         )
+    if cfg.uses_k_blocks:
+        problems.extend(_k_config_problems(cfg))
+    elif cfg.norm_num_groups is None:
+        problems.append(
+            "norm_num_groups=None only suits the K-diffusion blocks (KDownBlock2D, ...); the resnets and "
+            "transformers of CrossAttn/Down/Up blocks need a GroupNorm group count"
+        )
     groups = cfg.norm_num_groups
-    assert groups is not None
     for i, width in enumerate(cfg.block_out_channels):
-        if width % groups:
+        if groups is not None and (width % groups) and (i == 0 or not cfg.uses_k_blocks):
             problems.append(f"block_out_channels[{i}]={width} is not divisible by norm_num_groups={groups}")
         heads = cfg.heads[i]
         if heads > width:
-            problems.append(
-                f"attention_head_dim[{i}]={heads} (the number of heads) exceeds block_out_channels[{i}]={width}"
-            )
+            meaning = "the width of each head" if cfg.uses_k_blocks else "the number of heads"
+            problems.append(f"attention_head_dim[{i}]={heads} ({meaning}) exceeds block_out_channels[{i}]={width}")
     for name in ("conv_in_kernel", "conv_out_kernel"):
         if getattr(cfg, name) % 2 == 0:
             problems.append(f"{name}={getattr(cfg, name)} must be odd so the convolution keeps the sample size")
@@ -314,6 +323,47 @@ def condition_config_problems(cfg: UNet2DConditionConfig) -> list[str]:
         problems.append("class_embeddings_concat=True needs a class embedding (class_embed_type or num_class_embeds)")
     if cfg.encoder_hid_dim_type == "text_proj" and not isinstance(cfg.cross_attention_dim, int):
         problems.append("encoder_hid_dim (a text projection) needs one cross_attention_dim for every block")
+    return problems
+
+
+def _k_config_problems(cfg: UNet2DConditionConfig) -> list[str]:
+    """Constraints of the K-diffusion blocks: used alone, without a mid block, widths in groups of 32."""
+    problems = []
+    plain = [t for t in (*cfg.down_block_types, *cfg.up_block_types) if t not in K_BLOCKS]
+    if plain:
+        problems.append(
+            f"down_block_types/up_block_types mix K-diffusion blocks with {sorted(set(plain))}; "
+            "a UNet uses K blocks only or none"
+        )
+    if cfg.mid_block_type is not None:
+        problems.append("K-diffusion blocks have no mid block: set mid_block_type to None")
+    for i, width in enumerate(cfg.block_out_channels):
+        if width % K_GROUP_SIZE:
+            problems.append(
+                f"block_out_channels[{i}]={width}: K-diffusion blocks normalise groups of {K_GROUP_SIZE} channels, "
+                f"so widths must be multiples of {K_GROUP_SIZE}"
+            )
+    if not isinstance(cfg.cross_attention_dim, int) and len(set(cfg.cross_attention_dim)) > 1:
+        problems.append("K-diffusion cross-attention blocks need one cross_attention_dim for every block")
+    if problems:
+        return problems
+    widths, n = cfg.block_out_channels, len(cfg.block_out_channels)
+    for i, up_type in enumerate(cfg.up_block_types):
+        level = n - 1 - i
+        # only a last KCrossAttnDownBlock2D (it does not downsample) hands its up block no skip
+        skipless = i == 0 and cfg.down_block_types[-1] == "KCrossAttnDownBlock2D"
+        in_width, out_width = widths[max(level - 1, 0)], widths[level]
+        # diffusers' rule: the first K up block is one whose widths and time-embedding width are equal
+        first = up_type == "KCrossAttnUpBlock2D" and in_width == out_width == cfg.blocks_time_embed_dim
+        if first != skipless:
+            problems.append(
+                f"up_block_types[{i}]={up_type!r} "
+                + ("expects no skip connection" if first else "expects a skip connection")
+                + " but "
+                + ("the matching down block passes one" if first else "the last KCrossAttnDownBlock2D passes none")
+                + f" (a K up block takes no skip exactly when block_out_channels[{max(level - 1, 0)}], "
+                f"block_out_channels[{level}] and the time embedding width {cfg.blocks_time_embed_dim} are equal)"
+            )
     return problems
 
 
@@ -373,9 +423,11 @@ class UNet2DConditionModel(Model):
         self.mid_block = build_mid_block(cfg, opts)
         self.up_blocks = nn.ModuleList(build_up_blocks(cfg, opts))
 
-        assert cfg.norm_num_groups is not None
-        self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, widths[0], eps=cfg.norm_eps)
-        self.conv_act = activation(cfg.act_fn)
+        if cfg.norm_num_groups is not None:
+            self.conv_norm_out: nn.Module | None = nn.GroupNorm(cfg.norm_num_groups, widths[0], eps=cfg.norm_eps)
+            self.conv_act: nn.Module | None = activation(cfg.act_fn)
+        else:
+            self.conv_norm_out = self.conv_act = None
         self.conv_out = nn.Conv2d(
             widths[0], cfg.out_channels, kernel_size=cfg.conv_out_kernel, padding=(cfg.conv_out_kernel - 1) // 2
         )
@@ -442,7 +494,7 @@ class UNet2DConditionModel(Model):
                 f"(in_channels={cfg.in_channels}), got {tuple(sample.shape)}"
             )
         uses_context = cfg.addition_embed_type == "text" or any(
-            isinstance(block, (CrossAttnDownBlock2D, CrossAttnUpBlock2D, UNetMidBlock2DCrossAttn))
+            isinstance(block, _CONTEXT_BLOCKS)
             for block in (*self.down_blocks, *self.up_blocks, self.mid_block)
         )
         if not uses_context:
@@ -514,10 +566,18 @@ class UNet2DConditionModel(Model):
             # diffusers' older T2I-Adapter calling convention: features without a mid residual
             intrablock = list(down_block_additional_residuals)
 
+        if self.config.uses_k_blocks and (down_block_additional_residuals or down_intrablock_additional_residuals):
+            raise ValueError(
+                "ControlNet residuals and T2I-Adapter features are not supported by the K-diffusion blocks "
+                "(diffusers does not support them there either)"
+            )
+
         hidden = self.conv_in(sample)
         residuals: tuple[torch.Tensor, ...] = (hidden,)
         for block in self.down_blocks:
-            if isinstance(block, CrossAttnDownBlock2D):
+            if isinstance(block, (KDownBlock2D, KCrossAttnDownBlock2D)):
+                hidden, block_residuals = block(hidden, emb, cond)
+            elif isinstance(block, CrossAttnDownBlock2D):
                 hidden, block_residuals = block(hidden, emb, cond, intrablock.pop(0) if intrablock else None)
             else:
                 hidden, block_residuals, _ = block(hidden, emb, None)
@@ -550,13 +610,18 @@ class UNet2DConditionModel(Model):
         for i, block in enumerate(self.up_blocks):
             taken = len(block.resnets)
             block_residuals, residuals = residuals[-taken:], residuals[:-taken]
+            if isinstance(block, (KUpBlock2D, KCrossAttnUpBlock2D)):
+                hidden = block(hidden, block_residuals, emb, cond)
+                continue
             size = tuple(residuals[-1].shape[2:]) if forward_upsample_size and i != last else None
             if isinstance(block, CrossAttnUpBlock2D):
                 hidden = block(hidden, block_residuals, emb, cond, size)
             else:
                 hidden, _ = block(hidden, block_residuals, emb, None, upsample_size=size)
 
-        out = self.conv_out(self.conv_act(self.conv_norm_out(hidden)))
+        if self.conv_norm_out is not None and self.conv_act is not None:
+            hidden = self.conv_act(self.conv_norm_out(hidden))
+        out = self.conv_out(hidden)
         if not return_dict:
             return (out,)
         return UNet2DConditionOutput(sample=out)
@@ -598,8 +663,18 @@ def build_down_blocks(cfg: UNet2DConditionConfig, opts: BlockOptions) -> list[nn
     for i, block_type in enumerate(cfg.down_block_types):
         args = (widths[max(i - 1, 0)], widths[i], layers[i], opts)
         sampling = dict(add_downsample=i != n - 1, downsample_padding=cfg.downsample_padding)
+        k_args = dict(eps=cfg.norm_eps, act_fn=cfg.act_fn, dropout=cfg.dropout, add_downsample=i != n - 1)
         if block_type == "CrossAttnDownBlock2D":
             blocks.append(CrossAttnDownBlock2D(*args, _attn_options(cfg, i, depths[i], only_cross[i]), **sampling))
+        elif block_type == "KDownBlock2D":
+            blocks.append(KDownBlock2D(*args[:3], opts.temb_channels, **k_args))
+        elif block_type == "KCrossAttnDownBlock2D":
+            context_dim = cfg.per_block("cross_attention_dim")[i]
+            blocks.append(
+                KCrossAttnDownBlock2D(
+                    *args[:3], opts.temb_channels, head_dim=cfg.heads[i], context_dim=context_dim, **k_args
+                )
+            )
         else:
             blocks.append(DownBlock2D(*args, **sampling))
     return blocks
@@ -636,12 +711,29 @@ def build_up_blocks(cfg: UNet2DConditionConfig, opts: BlockOptions) -> list[nn.M
     for i, (block_type, depth) in enumerate(zip(cfg.up_block_types, cfg.up_transformer_layers, strict=True)):
         level = n - 1 - i
         args = (widths[max(level - 1, 0)], widths[min(level + 1, n - 1)], widths[level], layers[level] + 1, opts)
+        k_args = dict(eps=cfg.norm_eps, act_fn=cfg.act_fn, dropout=cfg.dropout, add_upsample=i != n - 1)
+        k_widths = (widths[max(level - 1, 0)], widths[level], layers[level] + 1, opts.temb_channels)
         if block_type == "CrossAttnUpBlock2D":
             attn = _attn_options(cfg, level, depth, only_cross[level])
             blocks.append(CrossAttnUpBlock2D(*args, attn, add_upsample=i != n - 1))
+        elif block_type == "KUpBlock2D":
+            blocks.append(KUpBlock2D(*k_widths, **k_args))
+        elif block_type == "KCrossAttnUpBlock2D":
+            context_dim = cfg.per_block("cross_attention_dim")[level]
+            # diffusers hands the up blocks attention_head_dim in down-block order (not reversed)
+            blocks.append(KCrossAttnUpBlock2D(*k_widths, head_dim=cfg.heads[i], context_dim=context_dim, **k_args))
         else:
             blocks.append(UpBlock2D(*args, add_upsample=i != n - 1))
     return blocks
+
+
+_CONTEXT_BLOCKS = (
+    CrossAttnDownBlock2D,
+    CrossAttnUpBlock2D,
+    UNetMidBlock2DCrossAttn,
+    KCrossAttnDownBlock2D,
+    KCrossAttnUpBlock2D,
+)
 
 
 def _required(added: Mapping[str, torch.Tensor], key: str, kind: str) -> torch.Tensor:
