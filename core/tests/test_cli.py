@@ -286,6 +286,7 @@ def test_list_json(reg, capsys):
         "processors",
         "attention_backends",
         "offload_strategies",
+        "step_caches",
         "component_loaders",
         "pretrained",
     }

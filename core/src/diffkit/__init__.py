@@ -23,6 +23,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "Processor": ("diffkit.processor", "Processor"),
     "AttentionBackend": ("diffkit.attention", "AttentionBackend"),
     "OffloadStrategy": ("diffkit.offload", "OffloadStrategy"),
+    "StepCache": ("diffkit.step_cache", "StepCache"),
     "ComponentLoader": ("diffkit.loader", "ComponentLoader"),
     "Config": ("diffkit.config", "Config"),
     "ImagePipelineOutput": ("diffkit.outputs", "ImagePipelineOutput"),
@@ -122,3 +123,4 @@ if TYPE_CHECKING:
     from .processor import Processor
     from .randomness import randn_tensor
     from .scheduler import Scheduler, SchedulerState
+    from .step_cache import StepCache

@@ -40,6 +40,7 @@ KINDS: dict[str, str] = {
     "processor": "register_processors",
     "attention_backend": "register_attention_backends",
     "offload_strategy": "register_offload_strategies",
+    "step_cache": "register_step_caches",
     "component_loader": "register_component_loaders",
     "pretrained": "register_pretrained",
 }

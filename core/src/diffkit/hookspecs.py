@@ -60,6 +60,11 @@ def register_offload_strategies(register: Register) -> None:
 
 
 @hookspec
+def register_step_caches(register: Register) -> None:
+    """Register step caches (work reused between denoising steps, e.g. ``deepcache``) by short name."""
+
+
+@hookspec
 def register_component_loaders(register: Register) -> None:
     """Register loaders for a ``model_index.json`` library name (e.g. ``transformers``)."""
 

@@ -25,6 +25,7 @@ _CLASS_HOOKS = (
     "register_processors",
     "register_attention_backends",
     "register_offload_strategies",
+    "register_step_caches",
     "register_component_loaders",
 )
 

@@ -37,6 +37,8 @@ class Model(torch.nn.Module, Configurable):
     config_name: ClassVar[str] = "config.json"
     #: weight file stem: diffusers models use ``diffusion_pytorch_model``
     weights_name: ClassVar[str] = "diffusion_pytorch_model"
+    #: class names of the blocks that repeat through the model: what regional compilation compiles
+    repeated_blocks: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Config | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         torch.nn.Module.__init__(self)
@@ -77,6 +79,70 @@ class Model(torch.nn.Module, Configurable):
         for _, layer in layers:
             layer.attention_backend = instance
         return instance
+
+    # -- speed ------------------------------------------------------------------------
+    def compile(  # type: ignore[override]
+        self,
+        mode: str | None = None,
+        *,
+        regional: bool = True,
+        backend: str | Any = "inductor",
+        fullgraph: bool = True,
+        dynamic: bool | None = False,
+        options: dict[str, Any] | None = None,
+    ) -> Self:
+        """``torch.compile`` this model in place; returns ``self``.
+
+        Regional (the default): each block named by :attr:`repeated_blocks` is compiled on its
+        own. Blocks of one class share their forward's code, so dynamo compiles one graph per
+        distinct block shape and reuses it for every block of that shape: warm-up takes seconds,
+        and the timestep, which only the (uncompiled) embedding sees, never causes a recompile.
+        ``fullgraph=True`` makes a graph break an error instead of a silent slowdown.
+        ``regional=False`` compiles the whole forward as one graph (longer warm-up; with
+        ``mode="reduce-overhead"`` inductor replays it as a CUDA graph for static shapes).
+        ``mode`` and ``options`` are ``torch.compile``'s (one or the other).
+        """
+        settings: dict[str, Any] = {"backend": backend, "fullgraph": fullgraph, "dynamic": dynamic}
+        if mode is not None:
+            settings["mode"] = mode
+        if options is not None:
+            settings["options"] = options
+        if not regional:
+            torch.nn.Module.compile(self, **settings)
+            return self
+        blocks = self.repeated_block_modules()
+        if not blocks:
+            raise ValueError(
+                f"{type(self).__name__}.compile(regional=True): this model declares no repeated blocks "
+                f"(repeated_blocks={self.repeated_blocks!r}); pass regional=False to compile the whole forward"
+            )
+        _allow_recompiles(blocks)
+        for block in blocks:
+            block.compile(**settings)
+        return self
+
+    def repeated_block_modules(self) -> list[torch.nn.Module]:
+        """The sub-modules whose class name is in :attr:`repeated_blocks`, in module order."""
+        names = set(self.repeated_blocks)
+        return [m for m in self.modules() if m is not self and type(m).__name__ in names]
+
+    def fuse_qkv_projections(self) -> None:
+        """Compute each attention layer's projections with one matmul: q, k, v together for
+        self-attention, k and v for cross-attention (diffusers' ``fuse_qkv_projections``).
+
+        The fused weights are concatenated copies kept outside the state dict, so saving and
+        :meth:`unfuse_qkv_projections` see exactly the original parameters.
+        """
+        for layer in self._fusable_layers():
+            layer.fuse_projections()
+
+    def unfuse_qkv_projections(self) -> None:
+        """Drop the fused projections; the layers compute as before :meth:`fuse_qkv_projections`."""
+        for layer in self._fusable_layers():
+            layer.unfuse_projections()
+
+    def _fusable_layers(self) -> list[Any]:
+        return [m for m in self.modules() if callable(getattr(m, "fuse_projections", None))]
 
     # -- state-dict hooks -------------------------------------------------------------
     @classmethod
@@ -238,6 +304,25 @@ class Model(torch.nn.Module, Configurable):
 
             push_folder(target, **push_kwargs)
         return target
+
+
+#: regionally compiled blocks per block class: each distinct shape among them may need its own graph
+_COMPILED_BLOCKS: dict[type, int] = {}
+
+
+def _allow_recompiles(blocks: list[torch.nn.Module]) -> None:
+    """Raise dynamo's per-code recompile limit to the number of compiled blocks of one class.
+
+    Every block of a class shares one ``forward`` code object; past the limit (8 by default)
+    dynamo would silently run the remaining shapes eagerly.
+    """
+    import torch._dynamo
+
+    for block in blocks:
+        _COMPILED_BLOCKS[type(block)] = _COMPILED_BLOCKS.get(type(block), 0) + 1
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), max(_COMPILED_BLOCKS.values())))
 
 
 #: torch.nn.init's in-place initialisers (``kaiming_uniform_``, ``zeros_``...)

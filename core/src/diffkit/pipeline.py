@@ -35,6 +35,7 @@ from .processor import Processor
 from .randomness import check_generator
 from .remote_code import code_file_of
 from .scheduler import Scheduler
+from .step_cache import StepCache, call_scope
 
 logger = logging.getLogger("diffkit.pipeline")
 
@@ -90,6 +91,7 @@ class Pipeline:
         object.__setattr__(self, "_progress_bar_config", {})
         object.__setattr__(self, "_index_meta", {"_diffusers_version": DIFFUSERS_FORMAT_VERSION})
         object.__setattr__(self, "_attention_backend", None)
+        object.__setattr__(self, "_step_cache", None)
         for key, value in kwargs.items():
             if key in names:
                 self._check_component(key, value)
@@ -144,16 +146,34 @@ class Pipeline:
             self._check_component(name, value)
             if isinstance(value, Model) and self._attention_backend is not None:
                 _give_backend([(name, value)], self._attention_backend)
-            strategy = self.offload_strategy
-            if strategy is not None and (
+            cache = self.step_cache
+            if cache is not None and (
                 isinstance(value, torch.nn.Module) or isinstance(self.__dict__.get(name), torch.nn.Module)
             ):
-                # re-apply so that the new module is hooked and the old one is released
-                device = strategy.execution_device
-                strategy.remove(self)
-                object.__setattr__(self, name, value)
-                strategy.apply(self, device)
+                # the old module is restored, the new one gets the cache's wrappers
+                cache.remove(self)
+                self._set_component(name, value)
+                try:
+                    cache.apply(self)
+                except Exception:
+                    object.__setattr__(self, "_step_cache", None)
+                    raise
                 return
+            self._set_component(name, value)
+            return
+        object.__setattr__(self, name, value)
+
+    def _set_component(self, name: str, value: Any) -> None:
+        strategy = self.offload_strategy
+        if strategy is not None and (
+            isinstance(value, torch.nn.Module) or isinstance(self.__dict__.get(name), torch.nn.Module)
+        ):
+            # re-apply so that the new module is hooked and the old one is released
+            device = strategy.execution_device
+            strategy.remove(self)
+            object.__setattr__(self, name, value)
+            strategy.apply(self, device)
+            return
         object.__setattr__(self, name, value)
 
     @property
@@ -354,6 +374,70 @@ class Pipeline:
     def remove_all_hooks(self) -> None:
         """diffusers' name for :meth:`disable_offload`."""
         self.disable_offload()
+
+    # -- speed ------------------------------------------------------------------------
+    def compile(self, mode: str | None = None, *, components: Sequence[str] | None = None, **options: Any) -> Self:
+        """``Model.compile`` (regional by default) on every model component that declares repeated blocks.
+
+        ``components`` names which ones (default: all that can); ``options`` go to
+        :meth:`Model.compile` (``regional``, ``backend``, ``fullgraph``, ``dynamic``, ``options``).
+        Returns ``self``.
+        """
+        models = {n: m for n, m in self._modules() if isinstance(m, Model)}
+        if components is None:
+            chosen = [n for n, m in models.items() if m.repeated_blocks or options.get("regional") is False]
+        else:
+            unknown = [n for n in components if n not in models]
+            if unknown:
+                raise ValueError(
+                    f"{type(self).__name__}.compile(components=...): {unknown} are not model components of this "
+                    f"pipeline; its model components are {sorted(models)}"
+                )
+            chosen = list(components)
+        for name in chosen:
+            models[name].compile(mode, **options)
+        return self
+
+    def fuse_qkv_projections(self, unet: bool = True, vae: bool = True) -> None:
+        """Fuse the attention projections of the ``unet`` and ``vae`` (diffusers' pipeline method)."""
+        for name in self._fuse_targets(unet, vae):
+            getattr(self, name).fuse_qkv_projections()
+
+    def unfuse_qkv_projections(self, unet: bool = True, vae: bool = True) -> None:
+        """Undo :meth:`fuse_qkv_projections` exactly."""
+        for name in self._fuse_targets(unet, vae):
+            getattr(self, name).unfuse_qkv_projections()
+
+    def _fuse_targets(self, unet: bool, vae: bool) -> list[str]:
+        wanted = [n for n, on in (("unet", unet), ("vae", vae)) if on]
+        return [n for n in wanted if isinstance(self.__dict__.get(n), Model)]
+
+    @property
+    def step_cache(self) -> StepCache | None:
+        """The step cache in use (``enable_step_cache``), or ``None``."""
+        return self.__dict__.get("_step_cache")
+
+    def enable_step_cache(self, cache: str | StepCache, **options: Any) -> StepCache:
+        """Reuse work between denoising steps: a registered cache name (``"deepcache"``) built with
+        ``options``, or a ``StepCache`` instance. A cache already on is removed first.
+
+        The cache keeps what it reuses per pipeline call (see :mod:`diffkit.step_cache`), so
+        concurrent calls stay independent. Returns the cache instance.
+        """
+        from .step_cache import resolve_step_cache
+
+        instance = resolve_step_cache(cache, **options)
+        self.disable_step_cache()
+        instance.apply(self)
+        object.__setattr__(self, "_step_cache", instance)
+        return instance
+
+    def disable_step_cache(self) -> None:
+        """Remove the step cache; the models are restored exactly."""
+        cache = self.step_cache
+        if cache is not None:
+            object.__setattr__(self, "_step_cache", None)
+            cache.remove(self)
 
     # -- progress ---------------------------------------------------------------------
     def set_progress_bar_config(self, **kwargs: Any) -> None:
@@ -580,7 +664,10 @@ def _checked_call(call: Callable[..., Any]) -> Callable[..., Any]:
         if guidance is not None and "guidance_scale" not in record:
             record["guidance_scale"] = arguments.get("guidance_scale", guidance.default)
         try:
-            return call(self, *args, **kwargs)
+            if not outermost:
+                return call(self, *args, **kwargs)
+            with call_scope(self.__dict__.get("_step_cache")):
+                return call(self, *args, **kwargs)
         finally:
             if outermost:
                 record.pop("running", None)
