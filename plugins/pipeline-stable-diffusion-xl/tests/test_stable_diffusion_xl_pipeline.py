@@ -293,11 +293,18 @@ def test_threads_sharing_one_pipeline_get_their_sequential_images(pipe, componen
         assert np.array_equal(one, other)
 
 
-def test_model_offload_gives_the_same_images(pipe):
-    inpaint = _sibling(pipe, "StableDiffusionXLInpaintPipeline")
+@pytest.mark.parametrize("strategy", ["model", "sequential"])
+def test_offload_gives_the_same_images_with_a_float16_vae(pipe, components, strategy):
+    """The float32 VAE copy is built from the weights, so offload hooks on the shared VAE do not get in the way."""
+    vae16 = type(components["vae"]).from_config(components["vae"].config)
+    vae16.load_state_dict(components["vae"].state_dict())
+    inpaint = registry.get("pipeline", "StableDiffusionXLInpaintPipeline")(
+        **{**pipe.components, "vae": vae16.half()}, add_watermarker=False
+    )
+    inpaint.set_progress_bar_config(disable=True)
     call = dict(prompt="a cat", image=_image(), mask_image=_mask(), **CALL)
     plain = inpaint(generator=_seed(), **call).images
-    inpaint.enable_offload("model", device="cpu")
+    inpaint.enable_offload(strategy, device="cpu")
     try:
         offloaded = inpaint(generator=_seed(), **call).images
     finally:

@@ -12,7 +12,6 @@ family base's. Nothing a call computes is stored on ``self``.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -64,9 +63,26 @@ def check_encoders_fit_unet(text_encoders: Sequence[Any], unet: Any) -> None:
         )
 
 
-def upcast_copy(vae: torch.nn.Module) -> torch.nn.Module:
-    """A float32 copy of ``vae`` (the shared one stays as it is, so concurrent calls are unaffected)."""
-    return copy.deepcopy(vae).to(torch.float32)
+#: AutoencoderKL settings that are attributes, not config: how it slices and tiles
+_VAE_SWITCHES = ("use_slicing", "use_tiling", "tile_sample_min_size", "tile_latent_min_size", "tile_overlap_factor")
+
+
+def upcast_copy(vae: torch.nn.Module, device: torch.device, backend: Any = None) -> torch.nn.Module:
+    """A float32 copy of ``vae`` on ``device``, built from its config and weights.
+
+    The shared VAE stays as it is (concurrent calls are unaffected), and no module object is
+    copied, so offload hooks on it do not travel. ``backend``: the pipeline's attention backend.
+    """
+    with torch.device("meta"):
+        upcast = type(vae)(vae.config)
+    weights = {name: t.to(device=device, dtype=torch.float32) for name, t in vae.state_dict().items()}
+    upcast.load_state_dict(weights, assign=True)
+    for name in _VAE_SWITCHES:
+        if hasattr(vae, name):
+            setattr(upcast, name, getattr(vae, name))
+    if backend is not None:
+        upcast.set_attention_backend(backend)
+    return upcast.eval()
 
 
 def unscale_latents(latents: torch.Tensor, config: Any) -> torch.Tensor:
@@ -324,7 +340,7 @@ class StableDiffusionXLBase(StableDiffusionBase):
         list), in float32 where the VAE's ``force_upcast`` asks for it."""
         vae = self.vae
         if vae.config.force_upcast and vae.dtype != torch.float32:
-            vae = upcast_copy(vae)
+            vae = self._float32_vae(images.device)
         images = images.to(vae.dtype)
         if isinstance(generator, list):
             return torch.cat([
@@ -370,7 +386,7 @@ class StableDiffusionXLBase(StableDiffusionBase):
         """
         vae = self.vae
         upcast = vae.dtype == torch.float16 and vae.config.force_upcast
-        decoder = upcast_copy(vae) if upcast else vae
+        decoder = self._float32_vae(latents.device) if upcast else vae
         z = unscale_latents(latents.to(decoder.dtype), vae.config)
         images = decoder.decode(z, return_dict=False)[0]
         if not upcast and vae.dtype == torch.float16 and not torch.isfinite(images).all():
@@ -378,8 +394,12 @@ class StableDiffusionXLBase(StableDiffusionBase):
                 "the float16 VAE overflowed while decoding (NaN/inf pixels), so it decoded again in float32; set "
                 "force_upcast=true in vae/config.json, or use a VAE fine-tuned to run in float16"
             )
-            images = upcast_copy(vae).decode(unscale_latents(latents.float(), vae.config), return_dict=False)[0]
+            decoder = self._float32_vae(latents.device)
+            images = decoder.decode(unscale_latents(latents.float(), vae.config), return_dict=False)[0]
         return images
+
+    def _float32_vae(self, device: torch.device) -> torch.nn.Module:
+        return upcast_copy(self.vae, device, self._attention_backend)
 
     def decode_latents_to_images(
         self, latents: torch.Tensor, output_type: str, device: torch.device, dtype: torch.dtype
