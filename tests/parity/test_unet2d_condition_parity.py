@@ -155,18 +155,20 @@ def test_published_architectures_have_the_diffusers_state_dict_layout(name):
     assert {key: tuple(value.shape) for key, value in ours.state_dict().items()} == expected
 
 
-def _randomize(model: torch.nn.Module, seed: int) -> None:
+def _randomize(model: torch.nn.Module, seed: int, scale: float) -> None:
     """Give every parameter random values so that no weight goes untested (some start at zero)."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for param in model.parameters():
-            param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+            param.copy_(torch.randn(param.shape, generator=generator) * scale)
 
 
 def _build(config: dict[str, Any], seed: int = 0) -> tuple[torch.nn.Module, UNet2DConditionModel]:
     torch.manual_seed(seed)
     theirs = diffusers.UNet2DConditionModel(**config).eval()
-    _randomize(theirs, seed)
+    # the K blocks' time-conditioned norms multiply up: smaller weights keep their outputs near 1
+    k_blocks = any(name.startswith("K") for name in config["down_block_types"])
+    _randomize(theirs, seed, 0.05 if k_blocks else 0.3)
     with tempfile.TemporaryDirectory() as folder:
         theirs.save_pretrained(folder)
         ours = UNet2DConditionModel.from_pretrained(folder).eval()
@@ -230,6 +232,7 @@ def _copy(value: Any) -> Any:
 def _assert_close(expected: torch.Tensor, got: torch.Tensor) -> None:
     assert got.shape == expected.shape
     assert torch.isfinite(got).all()
+    assert expected.abs().max() < 1e3, "outputs this large make an absolute tolerance meaningless"
     diff = (got - expected).abs().max().item()
     assert diff <= ATOL, f"max abs diff {diff}"
 

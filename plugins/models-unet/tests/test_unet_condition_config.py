@@ -231,7 +231,7 @@ def test_output_shape_and_tuple_form():
         ({}, {"class_labels": torch.tensor([0, 1])}, ["no class embedding"]),
         ({}, {"timestep_cond": torch.randn(2, 3)}, ["timestep_cond", "time_cond_proj_dim"]),
         (
-            {"addition_embed_type": "text_time", "addition_time_embed_dim": 2, "projection_class_embeddings_input_dim": 16},
+            dict(addition_embed_type="text_time", addition_time_embed_dim=2, projection_class_embeddings_input_dim=16),
             {"added_cond_kwargs": {"text_embeds": torch.randn(2, 4)}},
             ["added_cond_kwargs", "time_ids"],
         ),
