@@ -85,6 +85,7 @@ class AutoencoderKL(Model):
     """
 
     config_class = AutoencoderKLConfig
+    repeated_blocks = ("ResnetBlock2D",)
     config: AutoencoderKLConfig
 
     def __init__(self, config: Config | Mapping[str, Any] | None = None, **kwargs: Any) -> None:

@@ -46,6 +46,7 @@ class CrossAttention(nn.Module):
         self.to_v = nn.Linear(source_dim, inner, bias=bias)
         self.to_out = nn.ModuleList([nn.Linear(inner, query_dim), nn.Dropout(dropout)])
         self.norm_cross = nn.LayerNorm(source_dim) if context_norm else None
+        self._self_attention = context_dim is None
         self.attention_backend: AttentionBackend = default_backend()
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -56,6 +57,47 @@ class CrossAttention(nn.Module):
         self, x: torch.Tensor, context: torch.Tensor | None = None, bias: torch.Tensor | None = None
     ) -> torch.Tensor:
         return self.attend(x, context, bias)
+
+    # -- fused projections ----------------------------------------------------------------
+    @property
+    def is_self_attention(self) -> bool:
+        """Whether keys and values come from the queries' own tokens (no ``context_dim``)."""
+        return self._self_attention
+
+    @property
+    def fused_projections(self) -> bool:
+        """Whether :meth:`fuse_projections` is in effect."""
+        return "fused_weight" in self._buffers
+
+    def fuse_projections(self) -> None:
+        """One matmul for q, k and v (self-attention) or for k and v (cross-attention).
+
+        The concatenated weights are non-persistent buffers: the state dict keeps ``to_q``,
+        ``to_k`` and ``to_v`` as they are, and :meth:`unfuse_projections` removes the buffers.
+        """
+        if self.fused_projections:
+            return
+        parts = [self.to_q, self.to_k, self.to_v] if self.is_self_attention else [self.to_k, self.to_v]
+        weight = torch.cat([p.weight.detach() for p in parts])
+        bias = None if parts[0].bias is None else torch.cat([p.bias.detach() for p in parts])  # type: ignore[union-attr]
+        self.register_buffer("fused_weight", weight, persistent=False)
+        self.register_buffer("fused_bias", bias, persistent=False)
+
+    def unfuse_projections(self) -> None:
+        """Drop the fused weights; the layer is again exactly as built or loaded."""
+        if self.fused_projections:
+            del self.fused_weight
+            del self.fused_bias
+
+    def _project(self, x: torch.Tensor, source: torch.Tensor, self_attending: bool) -> tuple[torch.Tensor, ...]:
+        """Queries, keys and values, through the fused weights where they apply."""
+        if self.fused_projections:
+            if self.is_self_attention and self_attending:
+                return torch.nn.functional.linear(x, self.fused_weight, self.fused_bias).chunk(3, dim=-1)
+            if not self.is_self_attention:
+                key, value = torch.nn.functional.linear(source, self.fused_weight, self.fused_bias).chunk(2, dim=-1)
+                return self.to_q(x), key, value
+        return self.to_q(x), self.to_k(source), self.to_v(source)
 
     def attend(
         self, x: torch.Tensor, context: torch.Tensor | None = None, bias: torch.Tensor | None = None
@@ -70,9 +112,7 @@ class CrossAttention(nn.Module):
         else:
             source = context if self.norm_cross is None else self.norm_cross(context)
         batch, tokens, _ = x.shape
-        query = self._split_heads(self.to_q(x))
-        key = self._split_heads(self.to_k(source))
-        value = self._split_heads(self.to_v(source))
+        query, key, value = (self._split_heads(t) for t in self._project(x, source, context is None))
         mask = None if bias is None else _head_broadcast_bias(bias, batch, key.shape[2])
         out = self.attention_backend(query, key, value, attn_mask=mask, scale=self.scale)
         out = out.transpose(1, 2).reshape(batch, tokens, self.heads * self.head_dim).to(query.dtype)

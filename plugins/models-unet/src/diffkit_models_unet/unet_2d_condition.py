@@ -388,6 +388,7 @@ class UNet2DConditionModel(Model):
     """
 
     config_class = UNet2DConditionConfig
+    repeated_blocks = ("ResnetBlock2D", "BasicTransformerBlock")
     config: UNet2DConditionConfig
 
     def __init__(self, config: Config | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
