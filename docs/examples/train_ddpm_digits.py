@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from diffkit import registry
-from diffkit_pretrained_ddpm_digits.quality import DigitClassifier, Verdict, digits_images
+from diffkit_pretrained_ddpm_digits.quality import DigitClassifier, Verdict, clear_digits, digits_images
 
 #: where the shipped checkpoint lives in the repository
 DEFAULT_OUTPUT = (
@@ -79,33 +79,6 @@ class Settings:
     weights_dtype: str = "float16"  # of the saved file; it loads into float32 unless asked otherwise
     device: str = "auto"
     threads: int = 0  # torch CPU threads; 0: torch's default (on a busy machine 1 can be several times faster)
-
-
-def clear_digits(images: torch.Tensor, labels: Any, threshold: float, seed: int) -> torch.Tensor:
-    """A mask of the digits that are unambiguous: a 5-fold cross-validated SVM (each image judged by a
-    model that did not see it) gives their own label a probability of at least ``threshold``.
-
-    Dropping the ambiguous few (about 7 % of the set at 0.8) makes the model draw clear digits
-    instead of reproducing scribbles that could be either of two.
-    """
-    import warnings
-
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.svm import SVC
-
-    from diffkit_pretrained_ddpm_digits.quality import as_batch
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # SVC(probability=True) is deprecated in scikit-learn 1.9
-        proba = cross_val_predict(
-            SVC(probability=True, random_state=seed),
-            as_batch(images),
-            labels,
-            cv=StratifiedKFold(5, shuffle=True, random_state=seed),
-            method="predict_proba",
-        )
-    own = proba[range(len(labels)), labels]
-    return torch.from_numpy(own >= threshold)
 
 
 def build_unet(s: Settings) -> torch.nn.Module:
