@@ -51,15 +51,21 @@ def _single_thread():
 
 
 # -- checkpoints diffusers builds --------------------------------------------------------------
-def tiny_depth_estimator():
-    """A plain (non-hybrid) DPT with a 4-layer, 32-wide ViT, and its processor at 32x32."""
+def tiny_depth_estimator(hybrid: bool = False):
+    """A DPT with a 4-layer, 32-wide ViT and its processor at 32x32: plain (8 px patches), or hybrid as
+    stable-diffusion-2-depth's DPT-Hybrid (a three-stage BiT backbone with group norms under 16 px patches)."""
     from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
 
-    config = DPTConfig(
-        image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-        intermediate_size=37, backbone_out_indices=(0, 1, 2, 3), neck_hidden_sizes=[8, 16, 32, 32],
-        fusion_hidden_size=16, head_in_index=-1, is_hybrid=False,
-    )
+    vit = dict(image_size=32, num_channels=3, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+               intermediate_size=37, backbone_out_indices=(0, 1, 2, 3), fusion_hidden_size=16)
+    if hybrid:
+        backbone = {"model_type": "bit", "global_padding": "same", "layer_type": "bottleneck", "depths": [1, 1, 1],
+                    "embedding_dynamic_padding": True, "hidden_sizes": [16, 32, 64], "num_groups": 2,
+                    "out_features": ["stage1", "stage2", "stage3"]}
+        config = DPTConfig(**vit, patch_size=16, is_hybrid=True, backbone_config=backbone,
+                           backbone_featmap_shape=[1, 64, 2, 2], neck_hidden_sizes=[16, 32, 32, 32])
+    else:
+        config = DPTConfig(**vit, patch_size=8, is_hybrid=False, neck_hidden_sizes=[8, 16, 32, 32], head_in_index=-1)
     return DPTForDepthEstimation(config).eval(), DPTImageProcessor(size={"height": 32, "width": 32})
 
 
@@ -83,10 +89,10 @@ def _save(pipe, folder: Path):
     return pipe
 
 
-def build_depth2img(folder: Path):
+def build_depth2img(folder: Path, hybrid: bool = False):
     torch.manual_seed(0)
     tokenizer, text_encoder = _text_parts(folder)
-    estimator, processor = tiny_depth_estimator()
+    estimator, processor = tiny_depth_estimator(hybrid)
     return _save(diffusers.StableDiffusionDepth2ImgPipeline(
         vae=tiny_vae(), text_encoder=text_encoder, tokenizer=tokenizer, unet=tiny_unet(in_channels=5),
         scheduler=diffusers.DDIMScheduler(**SCHEDULER), depth_estimator=estimator, feature_extractor=processor,
@@ -128,8 +134,8 @@ def build_latent_upscale(folder: Path):
     ), folder)
 
 
-BUILDERS = {"depth": build_depth2img, "variation": build_variation, "upscale": build_upscale,
-            "latent-upscale": build_latent_upscale}
+BUILDERS = {"depth": build_depth2img, "depth-hybrid": lambda folder: build_depth2img(folder, hybrid=True),
+            "variation": build_variation, "upscale": build_upscale, "latent-upscale": build_latent_upscale}
 
 
 def _load(folder: Path):
@@ -188,6 +194,11 @@ GRID = {
                           "strength": 0.9}),
         ("latent-output", {"prompt": PROMPT, "image": _pil(32), "output_type": "latent", "strength": 0.5}),
     ],
+    "depth-hybrid": [
+        ("estimated-depth", {"prompt": PROMPT, "image": _pil(32), "strength": 1.0}),
+        ("estimated-depth-41px-batch", {"prompt": [PROMPT, "a dog"], "image": [_pil(41, 1), _pil(41, 2)],
+                                        "strength": 0.7}),
+    ],
     "variation": [
         ("guided", {"image": _pil(32)}),
         ("no-guidance", {"image": _pil(32), "guidance_scale": 1.0}),
@@ -218,7 +229,7 @@ def test_images_match_diffusers(checkpoints, task, case_id, call):
     reference, pipe, _ = checkpoints[task]
     call = {"num_inference_steps": 3, "output_type": "np", **call}
     generators = None
-    if case_id.startswith("batch") and task in ("depth",):
+    if case_id.startswith("batch") and task == "depth":
         generators = 4  # one per image, as diffusers draws them
     expected, got = _run_both(reference, pipe, generators=generators, **call)
     _assert_close(expected.images, got.images)
@@ -227,16 +238,19 @@ def test_images_match_diffusers(checkpoints, task, case_id, call):
 def test_loaded_classes(checkpoints):
     names = {task: type(pipe).__name__ for task, (_, pipe, _) in checkpoints.items()}
     assert names == {
-        "depth": "StableDiffusionDepth2ImgPipeline", "variation": "StableDiffusionImageVariationPipeline",
+        "depth": "StableDiffusionDepth2ImgPipeline", "depth-hybrid": "StableDiffusionDepth2ImgPipeline",
+        "variation": "StableDiffusionImageVariationPipeline",
         "upscale": "StableDiffusionUpscalePipeline", "latent-upscale": "StableDiffusionLatentUpscalePipeline",
     }
     assert type(checkpoints["depth"][1].depth_estimator).__name__ == "DPTForDepthEstimation"
+    assert checkpoints["depth-hybrid"][1].depth_estimator.config.is_hybrid
     assert type(checkpoints["variation"][1].image_encoder).__name__ == "CLIPVisionModelWithProjection"
     assert checkpoints["upscale"][1].settings["max_noise_level"] == 350
 
 
 SAVE_CALLS = {
     "depth": {"prompt": PROMPT, "image": _pil(32), "strength": 0.7},
+    "depth-hybrid": {"prompt": PROMPT, "image": _pil(32), "strength": 0.7},
     "variation": {"image": _pil(32)},
     "upscale": {"prompt": PROMPT, "image": _pil(16), "noise_level": 30},
     "latent-upscale": {"prompt": PROMPT, "image": _pil(16)},
@@ -252,3 +266,20 @@ def test_diffusers_loads_what_diffkit_saves(checkpoints, task, tmp_path):
     call = {"num_inference_steps": 2, "output_type": "np", **SAVE_CALLS[task]}
     expected, got = _run_both(reference, reloaded, **call)
     assert np.array_equal(as_array(expected.images), as_array(got.images))
+
+
+def test_upscale_float16_decodes_in_float32_as_diffusers(checkpoints):
+    """A float16 x4 pipeline: the VAE (force_upcast) decodes in float32 on both sides; the shared VAE stays float16.
+
+    Tolerance 1e-2: the two libraries round float16 intermediates at different places on the CPU."""
+    folder = checkpoints["upscale"][2]
+    reference = diffusers.StableDiffusionUpscalePipeline.from_pretrained(folder, torch_dtype=torch.float16)
+    reference.set_progress_bar_config(disable=True)
+    pipe = DiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float16)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.vae.config.force_upcast
+    call = {"prompt": PROMPT, "image": _pil(16), "noise_level": 20, "num_inference_steps": 2, "output_type": "np"}
+    expected, got = _run_both(reference, pipe, **call)
+    assert np.isfinite(got.images).all()
+    _assert_close(expected.images, got.images, atol=1e-2)
+    assert pipe.vae.dtype == torch.float16

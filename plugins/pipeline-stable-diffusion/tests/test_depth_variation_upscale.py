@@ -212,6 +212,18 @@ def test_upscale_warns_about_another_vae_scaling(upscale_pipe, _vae, caplog):
     assert "0.08333" in caplog.text
 
 
+@pytest.mark.parametrize(("force_upcast", "decoded_in"), [(True, torch.float32), (False, torch.float16)])
+def test_upscale_float16_vae_decodes_as_force_upcast_says(upscale_pipe, _vae, force_upcast, decoded_in):
+    vae = _vae(scaling_factor=0.08333, force_upcast=force_upcast).to(torch.float16)
+    seen = []
+    vae.decoder.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    pipe = _quiet(type(upscale_pipe)(**{**upscale_pipe.components, "vae": vae}, **upscale_pipe.settings))
+    images = pipe(prompt="a cat", image=_image(16), **CALL).images
+    assert seen == [decoded_in]  # the float32 copy carries the hook along
+    assert np.isfinite(images).all()
+    assert pipe.vae.dtype == torch.float16  # the shared VAE is left as it was
+
+
 # -- latent upscaler ---------------------------------------------------------------------------
 def test_latent_upscale_doubles_latents(latent_upscale_pipe):
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))

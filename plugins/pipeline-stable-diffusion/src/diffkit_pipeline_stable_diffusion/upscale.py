@@ -7,6 +7,7 @@ and the UNet is told the noise level through its class embedding.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -141,10 +142,15 @@ class StableDiffusionUpscalePipeline(StableDiffusionBase):
     def decode_latents_to_images(
         self, latents: torch.Tensor, output_type: str, device: torch.device, dtype: torch.dtype
     ) -> tuple[Any, list[bool] | None]:
+        """As the family's, dividing by the x4 scaling; a float16 VAE with ``force_upcast`` decodes in float32
+        (a private copy: the shared VAE stays in float16 for concurrent calls), as diffusers upcasts it."""
         if output_type == "latent":
             return latents, None
-        latents = latents.to(self.vae.dtype)
-        images = self.vae.decode(latents / X4_SCALING_FACTOR, return_dict=False)[0]
+        decoder = self.vae
+        if decoder.dtype == torch.float16 and getattr(decoder.config, "force_upcast", False):
+            decoder = copy.deepcopy(decoder).to(torch.float32)
+        latents = latents.to(decoder.dtype)
+        images = decoder.decode(latents / X4_SCALING_FACTOR, return_dict=False)[0]
         images, flagged = self.run_safety_checker(images, device, dtype)
         keep = [True] * images.shape[0] if flagged is None else [not f for f in flagged]
         images = self.image_processor.postprocess(images, output_type=output_type, do_denormalize=keep)
