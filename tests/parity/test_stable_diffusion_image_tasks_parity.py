@@ -309,3 +309,42 @@ def test_from_pipe_shares_components_and_matches_diffusers(text_checkpoint):
     ref = _quiet(diffusers.AutoPipelineForImage2Image.from_pipe(reference))
     expected, got = _run_both(ref, img2img, image=_image(12), strength=0.5)
     _assert_close(expected.images, got.images)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "name", "tensors", "extra"),
+    [
+        ("inpaint_checkpoint", "StableDiffusionInpaintPipeline", ["latents", "mask", "masked_image_latents"],
+         {"mask_image": "mask", "height": 32, "width": 32}),
+        ("pix2pix_checkpoint", "StableDiffusionInstructPix2PixPipeline", ["latents", "prompt_embeds", "image_latents"],
+         {}),
+    ],
+    ids=["inpaint", "pix2pix"],
+)
+def test_step_callbacks_see_diffusers_tensors(request, fixture, name, tensors, extra):
+    reference, pipe, _ = request.getfixturevalue(fixture)
+    ref, kit = _siblings(reference, pipe, name)
+    if extra.pop("mask_image", None):
+        extra["mask_image"] = _mask()
+    seen: dict[str, list] = {"ref": [], "kit": []}
+
+    def recorder(key):
+        def callback(_pipe, step, _t, kwargs):
+            seen[key].append({k: v.clone() for k, v in kwargs.items()})
+            return {"latents": kwargs["latents"] * 0.99}  # what a callback returns is used
+        return callback
+
+    call = {"image": _image(13), "callback_on_step_end_tensor_inputs": tensors, **extra}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = ref(PROMPT, num_inference_steps=3, output_type="np", generator=torch.Generator().manual_seed(1),
+                       callback_on_step_end=recorder("ref"), **call)
+    got = kit(PROMPT, num_inference_steps=3, output_type="np", generator=torch.Generator().manual_seed(1),
+              callback_on_step_end=recorder("kit"), **call)
+    assert len(seen["ref"]) == len(seen["kit"]) == 3
+    for ours, theirs in zip(seen["kit"], seen["ref"], strict=True):
+        assert set(ours) == set(theirs) == set(tensors)
+        for key in tensors:
+            # latents reach |x| ~ 8 here: 1e-5 relative to their size (the images below are held to 1e-5 absolute)
+            _assert_close(theirs[key], ours[key], atol=ATOL * max(1.0, float(theirs[key].abs().max())))
+    _assert_close(expected.images, got.images)

@@ -10,10 +10,12 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from diffkit import registry
 from diffkit_pipeline_stable_diffusion import hooks
-from diffkit_pipeline_stable_diffusion.image_conditioning import encode_with_vae
+from diffkit_pipeline_stable_diffusion.image_conditioning import encode_with_vae, strength_timesteps
 from diffkit_pipeline_stable_diffusion.image_to_image import StableDiffusionImg2ImgPipeline
 from diffkit_pipeline_stable_diffusion.inpaint import StableDiffusionInpaintPipeline
 from diffkit_pipeline_stable_diffusion.instruct_pix2pix import StableDiffusionInstructPix2PixPipeline
@@ -187,3 +189,17 @@ def test_pix2pix_guidance_runs_three_branches_in_one_call(components):
     finally:
         handle.remove()
     assert batches == [3] * 4 + [1] * 4
+
+
+@settings(max_examples=25, deadline=None)
+@given(steps=st.integers(1, 60), strength=st.floats(0.0, 1.0), heun=st.booleans())
+def test_strength_keeps_the_last_int_strength_times_n_steps(components, steps, strength, heun):
+    name = "HeunDiscreteScheduler" if heun else "DDIMScheduler"
+    scheduler = registry.get("scheduler", name).from_config(components["scheduler"].config)
+    state = scheduler.plan(steps)
+    run, kept = strength_timesteps(state, steps, strength, scheduler.order)
+    assert kept == min(int(steps * strength), steps)
+    assert state.begin_index == (steps - kept) * scheduler.order
+    assert torch.equal(run, state.timesteps[len(state.timesteps) - len(run):])
+    assert len(run) == (2 * kept - 1 if heun and kept else kept)  # Heun: two evaluations a step but the first
+    assert scheduler.begin_index is None
