@@ -158,3 +158,12 @@ def test_bad_inputs_name_the_problem():
         proc.preprocess(PIL.Image.new("RGB", (8, 8)), resize_mode="zoom")
     with pytest.raises(ValueError, match="smaller than the VAE scale factor 8"):
         proc.preprocess(PIL.Image.new("RGB", (5, 30)))
+
+
+def test_rgb_and_grayscale_together_is_a_config_error():
+    from diffkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="do_convert_rgb and do_convert_grayscale are both true"):
+        VaeImageProcessor(do_convert_rgb=True, do_convert_grayscale=True)
+    with pytest.raises(ValueError):
+        diffusers_ip.VaeImageProcessor(do_convert_rgb=True, do_convert_grayscale=True)

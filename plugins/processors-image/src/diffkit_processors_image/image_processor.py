@@ -13,6 +13,7 @@ from typing import Any, Literal
 import numpy as np
 import PIL.Image
 import torch
+from pydantic import model_validator
 
 from diffkit.config import Config
 from diffkit.finite import check_images
@@ -45,6 +46,12 @@ class VaeImageProcessorConfig(Config):
     do_binarize: bool = False
     do_convert_rgb: bool = False
     do_convert_grayscale: bool = False
+
+    @model_validator(mode="after")
+    def _one_colour_conversion(self) -> VaeImageProcessorConfig:
+        if self.do_convert_rgb and self.do_convert_grayscale:
+            raise ValueError("do_convert_rgb and do_convert_grayscale are both true; set one (RGB images or grayscale masks)")
+        return self
 
 
 def denormalize(images: torch.Tensor) -> torch.Tensor:
