@@ -38,6 +38,18 @@ def test_generate_runs_the_recommended_ddim_50_steps(tmp_path, capsys):
     assert "50/50" in err and "/1000" not in err
 
 
+def test_info_shows_the_recommendation(capsys):
+    import json
+
+    from diffkit import cli
+
+    assert cli.main(["info", "diffkit/ddpm-digits"]) == 0
+    assert "recommended: DDIMScheduler, num_inference_steps=50" in capsys.readouterr().out
+    assert cli.main(["info", "diffkit/ddpm-digits", "--json"]) == 0
+    recommended = json.loads(capsys.readouterr().out)["recommended"]
+    assert recommended == {"scheduler": "DDIMScheduler", "call_defaults": {"num_inference_steps": 50}}
+
+
 def test_generate_refuses_a_scheduler_the_demo_was_not_trained_for(capsys):
     """EDM schedulers do not list DDPMScheduler as compatible: the demo would draw noise, so the CLI refuses."""
     from diffkit import cli

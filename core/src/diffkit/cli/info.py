@@ -17,6 +17,7 @@ from .._index import diffusers_module_entry
 from .._registry import registry, resolve_target
 from ..checkpoint import NATIVE_LIBRARIES
 from ..errors import CheckpointError, ComponentNotFoundError, DuplicateNameError, PluginError
+from ..hookspecs import PretrainedDefaults
 from .common import EXIT_MISSING, EXIT_OK, CLIError, dist_label, emit_json, install_command, format_table
 
 #: the kinds a component of a diffkit/diffusers library can be, in lookup order
@@ -297,6 +298,7 @@ class Report:
     components: list[Component] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
     note: str | None = None
+    recommended: dict[str, Any] | None = None  # what the package registering a pretrained name recommends
 
     def missing(self) -> list[tuple[Lookup, list[str]]]:
         """Each name no installed plugin provides, once, with the components that need it."""
@@ -329,6 +331,7 @@ class Report:
             "note": self.note,
             "components": [c.as_dict() for c in self.components],
             "parameters": self.parameters,
+            "recommended": self.recommended,
             "missing": [{"kind": m.kind, "name": m.name, "needed_by": by} for m, by in missing],
             "install_command": install_command(install) if install else None,
         }
@@ -427,6 +430,10 @@ def _print_report(report: Report) -> None:
             print(line)
     if report.parameters:
         print("parameters: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in report.parameters.items()))
+    if report.recommended:
+        settings = [report.recommended["scheduler"]] if report.recommended["scheduler"] else []
+        settings += [f"{k}={json.dumps(v)}" for k, v in report.recommended["call_defaults"].items()]
+        print("recommended: " + ", ".join(settings) + " (diffkit generate uses these unless told otherwise)")
     missing = report.missing()
     if not missing:
         print("Everything it needs is installed.")
@@ -456,8 +463,23 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("PATH_OR_REPO is empty")
     file, source, repo_id = locate_checkpoint_file(args.source, args)
     report = inspect_checkpoint(file, source, _hub_has_file(repo_id, args) if repo_id else None)
+    report.recommended = _recommended(args.source)
     if args.json:
         emit_json(report.as_dict())
     else:
         _print_report(report)
     return EXIT_MISSING if report.missing() else EXIT_OK
+
+
+def _recommended(source: str) -> dict[str, Any] | None:
+    """The scheduler and call defaults the package registering pretrained ``source`` recommends, if any."""
+    if not registry.has("pretrained", source):
+        return None
+    entry = registry.entry("pretrained", source)
+    try:
+        recommended = PretrainedDefaults.from_meta(source, entry.dist, entry.meta)
+    except PluginError as exc:
+        raise CLIError(str(exc), EXIT_MISSING) from None
+    if recommended.scheduler is None and not recommended.call_defaults:
+        return None
+    return {"scheduler": recommended.scheduler, "call_defaults": dict(recommended.call_defaults)}
