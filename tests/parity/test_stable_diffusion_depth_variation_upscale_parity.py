@@ -21,6 +21,7 @@ from sd_checkpoints import (  # noqa: E402
     HIDDEN,
     SCHEDULER,
     as_array,
+    tiny_safety_checker,
     tiny_text_encoder,
     tiny_tokenizer,
     tiny_unet,
@@ -99,12 +100,16 @@ def build_depth2img(folder: Path, hybrid: bool = False):
     ), folder)
 
 
-def build_variation(folder: Path):
+def build_variation(folder: Path, safety_checker: str | None = None):
+    """``safety_checker="flag"``: with a checker that flags every image (its processor then serves both)."""
     torch.manual_seed(0)
     encoder, processor = tiny_image_encoder()
+    checker = None
+    if safety_checker is not None:
+        checker, processor = tiny_safety_checker(safety_checker == "flag")
     return _save(diffusers.StableDiffusionImageVariationPipeline(
         vae=tiny_vae(), image_encoder=encoder, unet=tiny_unet(), scheduler=diffusers.DDIMScheduler(**SCHEDULER),
-        safety_checker=None, feature_extractor=processor, requires_safety_checker=False,
+        safety_checker=checker, feature_extractor=processor, requires_safety_checker=checker is not None,
     ), folder)
 
 
@@ -135,7 +140,8 @@ def build_latent_upscale(folder: Path):
 
 
 BUILDERS = {"depth": build_depth2img, "depth-hybrid": lambda folder: build_depth2img(folder, hybrid=True),
-            "variation": build_variation, "upscale": build_upscale, "latent-upscale": build_latent_upscale}
+            "variation": build_variation, "variation-flagged": lambda folder: build_variation(folder, "flag"),
+            "upscale": build_upscale, "latent-upscale": build_latent_upscale}
 
 
 def _load(folder: Path):
@@ -193,6 +199,10 @@ GRID = {
         ("negative-eta", {"prompt": PROMPT, "negative_prompt": "blurry", "image": _pil(32), "eta": 0.5,
                           "strength": 0.9}),
         ("latent-output", {"prompt": PROMPT, "image": _pil(32), "output_type": "latent", "strength": 0.5}),
+        ("callback-edits-depth", {"prompt": PROMPT, "image": _pil(32), "depth_map": _DEPTH, "strength": 1.0,
+                                  "callback_on_step_end": lambda pipe, i, t, tensors: {
+                                      "latents": tensors["latents"] * 0.9, "depth_mask": -tensors["depth_mask"]},
+                                  "callback_on_step_end_tensor_inputs": ["latents", "depth_mask"]}),
     ],
     "depth-hybrid": [
         ("estimated-depth", {"prompt": PROMPT, "image": _pil(32), "strength": 1.0}),
@@ -204,6 +214,9 @@ GRID = {
         ("no-guidance", {"image": _pil(32), "guidance_scale": 1.0}),
         ("batch", {"image": [_pil(32, 1), _pil(32, 2)], "num_images_per_prompt": 2}),
         ("pixel-values-tensor", {"image": torch.rand(1, 3, 32, 32) * 2 - 1, "height": 16, "width": 16}),
+    ],
+    "variation-flagged": [
+        ("flagged-blacked-out", {"image": [_pil(32, 1), _pil(32, 2)]}),
     ],
     "upscale": [
         ("noise-20", {"prompt": PROMPT, "image": _pil(16), "noise_level": 20}),
@@ -233,6 +246,10 @@ def test_images_match_diffusers(checkpoints, task, case_id, call):
         generators = 4  # one per image, as diffusers draws them
     expected, got = _run_both(reference, pipe, generators=generators, **call)
     _assert_close(expected.images, got.images)
+    if "nsfw_content_detected" in expected:
+        assert got.nsfw_content_detected == expected.nsfw_content_detected
+        if task == "variation-flagged":
+            assert got.nsfw_content_detected == [True, True] and not got.images.any()
 
 
 def test_loaded_classes(checkpoints):
@@ -240,6 +257,7 @@ def test_loaded_classes(checkpoints):
     assert names == {
         "depth": "StableDiffusionDepth2ImgPipeline", "depth-hybrid": "StableDiffusionDepth2ImgPipeline",
         "variation": "StableDiffusionImageVariationPipeline",
+        "variation-flagged": "StableDiffusionImageVariationPipeline",
         "upscale": "StableDiffusionUpscalePipeline", "latent-upscale": "StableDiffusionLatentUpscalePipeline",
     }
     assert type(checkpoints["depth"][1].depth_estimator).__name__ == "DPTForDepthEstimation"
@@ -252,6 +270,7 @@ SAVE_CALLS = {
     "depth": {"prompt": PROMPT, "image": _pil(32), "strength": 0.7},
     "depth-hybrid": {"prompt": PROMPT, "image": _pil(32), "strength": 0.7},
     "variation": {"image": _pil(32)},
+    "variation-flagged": {"image": _pil(32)},
     "upscale": {"prompt": PROMPT, "image": _pil(16), "noise_level": 30},
     "latent-upscale": {"prompt": PROMPT, "image": _pil(16)},
 }
