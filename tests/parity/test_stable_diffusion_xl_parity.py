@@ -425,3 +425,30 @@ def test_float16_on_cpu_matches_loosely(base):
     got = pipe(PROMPT, generator=_generators(0, None), **CALL).images
     assert pipe.vae.dtype == torch.float16
     _assert_close(expected, got, atol=1e-2)
+
+
+def test_vae_latent_statistics_match(base, tmp_path):
+    """A VAE with latents_mean/latents_std: img2img standardises the encoded latents, decoding undoes it."""
+    reference, pipe, _ = base
+    config = {k: v for k, v in reference.vae.config.items() if not k.startswith("_")}  # no _use_default_values
+    vae = diffusers.AutoencoderKL.from_config(
+        {**config, "latents_mean": [0.1, -0.2, 0.3, 0.0], "latents_std": [0.9, 1.1, 1.3, 0.7]}
+    )
+    assert vae.config.latents_mean is not None
+    vae.load_state_dict(reference.vae.state_dict())
+    vae.save_pretrained(tmp_path / "vae")
+    kit_vae = registry.get("model", "AutoencoderKL").from_pretrained(tmp_path / "vae")
+    assert kit_vae.config.latents_std == (0.9, 1.1, 1.3, 0.7)
+    ref = diffusers.StableDiffusionXLImg2ImgPipeline(**{**reference.components, "vae": vae.eval()},
+                                                     add_watermarker=False)
+    kit = registry.get("pipeline", "StableDiffusionXLImg2ImgPipeline")(**{**pipe.components, "vae": kit_vae},
+                                                                      add_watermarker=False)
+    ref.set_progress_bar_config(disable=True)
+    kit.set_progress_bar_config(disable=True)
+    call = {"prompt": PROMPT, "image": _image(), "strength": 0.6, "num_inference_steps": 3, "output_type": "np"}
+    expected = ref(**call, generator=_generators(0, None)).images
+    got = kit(**call, generator=_generators(0, None)).images
+    _assert_close(expected, got)
+    plain = type(kit)(**pipe.components, add_watermarker=False)
+    plain.set_progress_bar_config(disable=True)
+    assert np.abs(plain(**call, generator=_generators(0, None)).images - got).max() > 1e-4

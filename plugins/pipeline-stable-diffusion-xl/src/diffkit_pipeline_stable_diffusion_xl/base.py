@@ -29,6 +29,7 @@ from diffkit_pipeline_stable_diffusion.base import (
     _negative_texts,
     _repeat_per_image,
 )
+from diffkit_pipeline_stable_diffusion.image_conditioning import check_generator_count, encode_with_vae, repeat_to_batch
 
 from .micro_conditioning import (
     aesthetic_time_ids,
@@ -96,15 +97,16 @@ def unscale_latents(latents: torch.Tensor, config: Any) -> torch.Tensor:
     return latents / config.scaling_factor
 
 
-def scale_latents(latents: torch.Tensor, config: Any, statistics: bool) -> torch.Tensor:
-    """VAE latents -> diffusion latents: ``(z - mean) * scaling_factor / std``, or ``z * scaling_factor``."""
+def standardize_latents(scaled: torch.Tensor, config: Any) -> torch.Tensor:
+    """``scaling_factor * z`` -> ``(z - mean) * scaling_factor / std`` where the VAE has SDXL statistics."""
     mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
-    if statistics and mean is not None and std is not None:
-        shape = (1, len(mean), 1, 1)
-        mean = torch.tensor(mean).view(shape).to(latents.device, latents.dtype)
-        std = torch.tensor(std).view(shape).to(latents.device, latents.dtype)
-        return (latents - mean) * config.scaling_factor / std
-    return config.scaling_factor * latents
+    if mean is None or std is None:
+        return scaled
+    shape = (1, len(mean), 1, 1)
+    mean = torch.tensor(mean).view(shape).to(scaled.device, scaled.dtype)
+    std = torch.tensor(std).view(shape).to(scaled.device, scaled.dtype)
+    # (z - mean) * sf / std = (sf z - sf mean) / std
+    return (scaled - config.scaling_factor * mean) / std
 
 
 def _as_list(prompt: Prompt) -> list[str]:
@@ -336,17 +338,12 @@ class StableDiffusionXLBase(StableDiffusionBase):
         return self.image_processor.preprocess(image, height=height, width=width)
 
     def encode_images(self, images: torch.Tensor, generator: Generator | None) -> torch.Tensor:
-        """Pixels ``[-1, 1]`` -> VAE latents sampled with ``generator`` (one generator per image when a
+        """Pixels ``[-1, 1]`` -> ``scaling_factor`` x latents drawn with ``generator`` (one per image when a
         list), in float32 where the VAE's ``force_upcast`` asks for it."""
         vae = self.vae
         if vae.config.force_upcast and vae.dtype != torch.float32:
             vae = self._float32_vae(images.device)
-        images = images.to(vae.dtype)
-        if isinstance(generator, list):
-            return torch.cat([
-                vae.encode(images[i : i + 1]).latent_dist.sample(generator[i]) for i in range(images.shape[0])
-            ])
-        return vae.encode(images).latent_dist.sample(generator)
+        return encode_with_vae(vae, images.to(vae.dtype), generator)
 
     def image_latents(
         self,
@@ -369,14 +366,11 @@ class StableDiffusionXLBase(StableDiffusionBase):
             latents = image
         else:
             if isinstance(generator, list) and repeat_before_encoding:
-                if len(generator) != images_total:
-                    raise ValueError(
-                        f"generator is a list of {len(generator)} but {images_total} images are made; "
-                        "pass one generator per image, or a single one"
-                    )
-                image = _repeat_batch(image, images_total, "image")
-            latents = scale_latents(self.encode_images(image, generator).to(dtype), self.vae.config, statistics)
-        return _repeat_batch(latents, images_total, "image")
+                check_generator_count(generator, images_total)
+                image = repeat_to_batch(image, images_total, "image")
+            latents = self.encode_images(image, generator).to(dtype)
+            latents = standardize_latents(latents, self.vae.config) if statistics else latents
+        return repeat_to_batch(latents, images_total, "image")
 
     def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents -> images ``[-1, 1]``; a float16 VAE decodes in float32 when its ``force_upcast`` says so.
@@ -442,15 +436,3 @@ def _skipped_layers(encoder: Any, clip_skip: int | None) -> int:
     if clip_skip + 1 > layers:
         raise ValueError(f"clip_skip={clip_skip} goes past the {layers} layers of {type(encoder).__name__}")
     return clip_skip
-
-
-def _repeat_batch(tensor: torch.Tensor, total: int, name: str) -> torch.Tensor:
-    """``tensor`` repeated along the batch to ``total`` rows (``total`` must be a multiple of its batch)."""
-    if tensor.shape[0] >= total:
-        return tensor
-    if total % tensor.shape[0]:
-        raise ValueError(
-            f"{name} has a batch of {tensor.shape[0]}, which does not divide the {total} images to make; "
-            f"pass one {name} or one per image"
-        )
-    return torch.cat([tensor] * (total // tensor.shape[0]))

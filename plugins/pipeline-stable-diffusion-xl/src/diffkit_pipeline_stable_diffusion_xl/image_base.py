@@ -13,9 +13,10 @@ from typing import Any
 import torch
 
 from diffkit.scheduler import SchedulerState
+from diffkit_pipeline_stable_diffusion.image_conditioning import check_steps_left, check_strength, strength_timesteps
 
 from .base import StableDiffusionXLBase
-from .micro_conditioning import is_fraction, refiner_start, strength_start
+from .micro_conditioning import is_fraction, refiner_start
 
 ImageInput = Any
 
@@ -70,18 +71,13 @@ class StableDiffusionXLImageBase(StableDiffusionXLBase):
         share of the plan, or (refiner) those after ``denoising_start``."""
         state, steps = self.plan_call(num_inference_steps, device, timesteps, sigmas)
         order = self.scheduler.order
-        if is_fraction(denoising_start):
-            begin = refiner_start(state.timesteps, denoising_start, self.scheduler.config.num_train_timesteps, order)
-        else:
-            begin = strength_start(steps, strength, order)
-        run = state.timesteps[begin:]
-        if len(run) == 0:
-            raise ValueError(
-                f"strength={strength} with num_inference_steps={num_inference_steps} leaves no step to run; "
-                "raise strength or num_inference_steps"
-            )
+        if not is_fraction(denoising_start):
+            run, steps = strength_timesteps(state, steps, strength, order)
+            check_steps_left(steps, strength, num_inference_steps)
+            return state, run
+        begin = refiner_start(state.timesteps, denoising_start, self.scheduler.config.num_train_timesteps, order)
         state.set_begin_index(begin)
-        return state, run
+        return state, state.timesteps[begin:]
 
     def image_conditioning(
         self,
@@ -119,8 +115,7 @@ class StableDiffusionXLImageBase(StableDiffusionXLBase):
 
     @staticmethod
     def check_strength_and_range(strength: float, denoising_start: float | None, denoising_end: float | None) -> None:
-        if not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
-            raise ValueError(f"strength must be in [0, 1], got {strength!r}")
+        check_strength(strength)
         if is_fraction(denoising_start) and is_fraction(denoising_end) and denoising_start >= denoising_end:
             raise ValueError(
                 f"denoising_start ({denoising_start}) must be below denoising_end ({denoising_end}): "

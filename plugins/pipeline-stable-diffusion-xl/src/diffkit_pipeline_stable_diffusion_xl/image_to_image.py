@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from diffkit_pipeline_stable_diffusion.base import Generator, Prompt, StepCallback
+from diffkit_pipeline_stable_diffusion.image_conditioning import check_image_input
 
 from .base import Size
 from .image_base import ImageInput, StableDiffusionXLImageBase
@@ -70,8 +71,7 @@ class StableDiffusionXLImg2ImgPipeline(StableDiffusionXLImageBase):
         condition a refiner (``requires_aesthetics_score``). The rest is as in
         :class:`StableDiffusionXLPipeline`. ``latents`` replaces the noised image latents.
         """
-        if image is None:
-            raise ValueError("image is required: the picture (or base-model latents) to start from")
+        check_image_input(image, "image")
         self.check_strength_and_range(strength, denoising_start, denoising_end)
         batch = self.check_xl_prompt_inputs(
             prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds, negative_prompt_embeds,

@@ -9,9 +9,10 @@ import PIL.Image
 import torch
 
 from diffkit_pipeline_stable_diffusion.base import Generator, Prompt, StepCallback
+from diffkit_pipeline_stable_diffusion.image_conditioning import check_image_input, repeat_to_batch
 from diffkit_processors_image.image_processor import VaeImageProcessor
 
-from .base import Size, _repeat_batch
+from .base import Size
 from .image_base import ImageInput, StableDiffusionXLImageBase
 from .outputs import StableDiffusionXLPipelineOutput
 
@@ -109,15 +110,14 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLImageBase):
         doubled for guidance."""
         factor = self.vae_scale_factor
         mask = torch.nn.functional.interpolate(mask, size=(height // factor, width // factor))
-        mask = _repeat_batch(mask.to(device=device, dtype=dtype), images_total, "mask_image")
+        mask = repeat_to_batch(mask.to(device=device, dtype=dtype), images_total, "mask_image")
         latents = None
         if masked_image is not None:
             if masked_image.shape[1] == self.vae.config.latent_channels:
                 latents = masked_image
             else:
-                encoded = self.encode_images(masked_image.to(device=device, dtype=dtype), generator).to(dtype)
-                latents = self.vae.config.scaling_factor * encoded
-            latents = _repeat_batch(latents, images_total, "masked_image_latents").to(device=device, dtype=dtype)
+                latents = self.encode_images(masked_image.to(device=device, dtype=dtype), generator).to(dtype)
+            latents = repeat_to_batch(latents, images_total, "masked_image_latents").to(device=device, dtype=dtype)
         if guidance_enabled:
             mask = torch.cat([mask, mask])
             latents = torch.cat([latents, latents]) if latents is not None else None
@@ -178,8 +178,8 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLImageBase):
         ``denoising_end``, the aesthetic scores and the rest are as in
         :class:`StableDiffusionXLImg2ImgPipeline`.
         """
-        if image is None or mask_image is None:
-            raise ValueError("image and mask_image are both required: the picture and where to re-draw it (white)")
+        check_image_input(image, "image")
+        check_image_input(mask_image, "mask_image")
         default_height, default_width = self.default_size()
         height, width = height or default_height, width or default_width
         self.check_strength_and_range(strength, denoising_start, denoising_end)

@@ -67,12 +67,6 @@ def steps_before_end(timesteps: torch.Tensor, denoising_end: float, num_train_ti
     return int((timesteps >= cutoff).sum().item())
 
 
-def strength_start(num_inference_steps: int, strength: float, order: int) -> int:
-    """Index of the first timestep img2img runs: ``strength`` 1 starts from pure noise, 0 runs nothing."""
-    init = min(int(num_inference_steps * strength), num_inference_steps)
-    return max(num_inference_steps - init, 0) * order
-
-
 def refiner_start(timesteps: torch.Tensor, denoising_start: float, num_train_timesteps: int, order: int) -> int:
     """Index of the first timestep the refiner runs with ``denoising_start``: those below the cut-off.
 
