@@ -174,3 +174,18 @@ def test_auto_pipelines_are_not_built_directly_and_import_without_torch():
         AutoPipelineForText2Image()
     code = "import sys, diffkit; diffkit.AutoPipelineForInpainting; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_diffkit_list_shows_task_and_family(toys, capsys):
+    import json
+
+    from diffkit import cli
+
+    assert cli.main(["list", "pipelines"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert lines["ToyImg2ImgPipeline"].endswith("[image-to-image, toy]")
+    assert lines["LoneToyPipeline"].endswith("[text-to-image]")
+    assert cli.main(["list", "pipelines", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)["pipelines"]}
+    assert (rows["ToyInpaintPipeline"]["task"], rows["ToyInpaintPipeline"]["family"]) == ("inpainting", "toy")
+    assert "family" not in rows["LoneToyPipeline"]

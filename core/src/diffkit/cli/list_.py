@@ -54,7 +54,10 @@ def list_rows(kind: str, available: bool) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for e in registry.entries(kind):
         target = e.target if isinstance(e.target, str) else repr(e.target)
-        rows.append({"name": e.name, "status": "installed", "dist": e.dist, "version": e.version, "target": target})
+        row = {"name": e.name, "status": "installed", "dist": e.dist, "version": e.version, "target": target}
+        if kind == "pipeline":  # what AutoPipelineFor* and generate --image map through
+            row.update({key: e.meta[key] for key in ("task", "family") if e.meta.get(key) is not None})
+        rows.append(row)
     seen = {row["name"] for row in rows}
     for (conflict_kind, name), clash in sorted(registry.conflicts().items()):
         if conflict_kind == kind:
@@ -121,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
         for row in rows:
             if row["status"] == "installed":
                 detail = dist_label(row["dist"], row["version"])
+                role = ", ".join(row[key] for key in ("task", "family") if key in row)
+                detail += f"  [{role}]" if role else ""
             elif row["status"] == "conflict":
                 detail = "CONFLICT: " + row["note"]
             elif "install" in row:
