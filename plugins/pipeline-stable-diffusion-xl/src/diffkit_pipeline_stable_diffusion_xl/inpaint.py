@@ -10,6 +10,7 @@ import torch
 
 from diffkit_pipeline_stable_diffusion.base import Generator, Prompt, StepCallback
 from diffkit_pipeline_stable_diffusion.image_conditioning import check_image_input, repeat_to_batch
+from diffkit_pipeline_stable_diffusion.inpaint import blend_known_region
 from diffkit_processors_image.image_processor import VaeImageProcessor
 
 from .base import Size
@@ -19,11 +20,6 @@ from .outputs import StableDiffusionXLPipelineOutput
 #: UNet input channels: latents + mask + masked-image latents (inpainting UNets), or latents alone
 INPAINT_CHANNELS = 9
 PLAIN_CHANNELS = 4
-
-
-def keep_known_region(latents: torch.Tensor, known: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    # where the mask is 0 the (noised) original stays: (1 - m) * known + m * latents
-    return (1 - mask) * known + mask * latents
 
 
 def check_mask_crop(padding_mask_crop: int | None, image: Any, mask_image: Any, output_type: str) -> None:
@@ -74,8 +70,8 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLImageBase):
         mask = mask[mask.shape[0] // 2 :] if tensors["guidance_enabled"] else mask
         known = tensors["image_latents"]
         if step < len(timesteps) - 1:
-            known = state.add_noise(known, tensors["noise"], torch.tensor([timesteps[step + 1]]))
-        return keep_known_region(latents, known, mask)
+            known = state.add_noise(known, tensors["noise"], timesteps[step + 1 : step + 2])
+        return blend_known_region(latents, known, mask)
 
     def check_unet_channels(self, mask: torch.Tensor, masked_image_latents: torch.Tensor | None) -> None:
         channels = self.unet.config.in_channels
