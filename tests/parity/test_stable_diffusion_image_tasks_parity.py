@@ -348,3 +348,14 @@ def test_step_callbacks_see_diffusers_tensors(request, fixture, name, tensors, e
             # latents reach |x| ~ 8 here: 1e-5 relative to their size (the images below are held to 1e-5 absolute)
             _assert_close(theirs[key], ours[key], atol=ATOL * max(1.0, float(theirs[key].abs().max())))
     _assert_close(expected.images, got.images)
+
+
+def test_an_instruct_pix2pix_checkpoint_maps_to_no_other_task(pix2pix_checkpoint):
+    """Its 8-channel UNet works only with its own pipeline (diffusers' AutoPipelines do not map it either)."""
+    from diffkit import AutoPipelineForImage2Image
+
+    with pytest.raises(ValueError, match="no installed pipeline does image-to-image for the "
+                                         "'stable-diffusion-instruct-pix2pix' family"):
+        AutoPipelineForImage2Image.from_pretrained(pix2pix_checkpoint[2])
+    with pytest.raises(ValueError):
+        diffusers.AutoPipelineForImage2Image.from_pretrained(pix2pix_checkpoint[2])

@@ -65,7 +65,7 @@ def test_hooks_register_each_task_with_its_task_and_family(diffkit_registry):
         classes = {name: registry.get("pipeline", name) for name in mine}
     assert tasks["StableDiffusionImg2ImgPipeline"] == ("image-to-image", "stable-diffusion")
     assert tasks["StableDiffusionInpaintPipeline"] == ("inpainting", "stable-diffusion")
-    assert tasks["StableDiffusionInstructPix2PixPipeline"] == ("instruct-pix2pix", "stable-diffusion")
+    assert tasks["StableDiffusionInstructPix2PixPipeline"] == ("instruct-pix2pix", "stable-diffusion-instruct-pix2pix")
     assert all(cls.__name__ == name for name, cls in classes.items())
     text = StableDiffusionPipeline.component_names()
     assert all(cls.component_names() == text for cls in classes.values())

@@ -27,7 +27,7 @@ def register_pipelines(register: Register) -> None:
         "StableDiffusionInstructPix2PixPipeline",
         "diffkit_pipeline_stable_diffusion.instruct_pix2pix:StableDiffusionInstructPix2PixPipeline",
         task="instruct-pix2pix",
-        family="stable-diffusion",
+        family="stable-diffusion-instruct-pix2pix",  # its 8-channel UNet does no other task
     )
     # each of these loads its own kind of checkpoint (UNet inputs, components), so each is its own family
     register(
