@@ -233,11 +233,13 @@ def test_diffkit_generate_runs_an_xl_checkpoint(pipe, tmp_path):
     assert cli.main(["generate", str(tmp_path / "sdxl"), "--prompt", "a cat", "--negative-prompt", "blurry",
                      "--guidance-scale", "6", "--height", "32", "--width", "32", *common,
                      "--output", str(tmp_path / "text.png")]) == 0
-    assert cli.main(["generate", str(tmp_path / "sdxl"), "--pipeline", "StableDiffusionXLInpaintPipeline",
-                     "--prompt", "a cat", "--image", str(tmp_path / "image.png"),
+    # the image options pick the family's task pipeline: inpainting with a mask, img2img without
+    assert cli.main(["generate", str(tmp_path / "sdxl"), "--prompt", "a cat", "--image", str(tmp_path / "image.png"),
                      "--mask-image", str(tmp_path / "mask.png"), *common,
                      "--output", str(tmp_path / "inpaint.png")]) == 0
-    for name in ("text.png", "inpaint.png"):
+    assert cli.main(["generate", str(tmp_path / "sdxl"), "--prompt", "a cat", "--image", str(tmp_path / "image.png"),
+                     "--strength", "0.6", *common, "--output", str(tmp_path / "img2img.png")]) == 0
+    for name in ("text.png", "inpaint.png", "img2img.png"):
         with PIL.Image.open(tmp_path / name) as written:
             assert written.size == (32, 32)
 
@@ -303,3 +305,15 @@ def test_offload_gives_the_same_images_with_a_float16_vae(pipe, components, stra
     finally:
         inpaint.disable_offload()
     assert np.array_equal(plain, offloaded)
+
+
+def test_auto_pipelines_map_an_xl_checkpoint_to_its_tasks(pipe, tmp_path):
+    from diffkit import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
+
+    pipe.save_pretrained(tmp_path / "sdxl")
+    redraw = AutoPipelineForImage2Image.from_pretrained(tmp_path / "sdxl")
+    assert type(redraw).__name__ == "StableDiffusionXLImg2ImgPipeline"
+    inpaint = AutoPipelineForInpainting.from_pipe(pipe)
+    assert type(inpaint).__name__ == "StableDiffusionXLInpaintPipeline"
+    assert all(getattr(inpaint, name) is component for name, component in pipe.components.items())
+    assert type(AutoPipelineForText2Image.from_pipe(inpaint)) is type(pipe)
