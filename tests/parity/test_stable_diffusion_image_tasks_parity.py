@@ -176,6 +176,7 @@ def _mask_as(kind: str, mask: PIL.Image.Image):
         "numpy-batch": values[None, ..., None],
         "tensor": torch.from_numpy(values)[None, None],
         "tensor-hw": torch.from_numpy(values)[None],
+        "blurred": diffusers.image_processor.VaeImageProcessor.blur(mask, 3),
     }[kind]
 
 
@@ -193,6 +194,8 @@ INPAINT = [
     ("padding-mask-crop", {"padding_mask_crop": 2, "output_type": "pil", "size": (40, 48)}),
     ("not-a-multiple", {"size": (29, 35), "height": 16, "width": 24}),
     ("masked-image-latents", {"masked_image_latents": True}),
+    ("given-latents", {"latents": True}),
+    ("blurred-mask", {"mask": "blurred"}),
 ]
 
 
@@ -207,6 +210,8 @@ def test_inpaint_matches_diffusers(inpaint_checkpoint, text_checkpoint, legacy, 
     mask = _mask_as(call.pop("mask", "pil"), _mask(height, width))
     if call.pop("masked_image_latents", False):
         call["masked_image_latents"] = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(9))
+    if call.pop("latents", False):
+        call["latents"] = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(10))
     call.setdefault("height", 32)
     call.setdefault("width", 32)
     if name == "padding-mask-crop":
