@@ -126,12 +126,19 @@ def build_upscale(folder: Path):
 
 
 def build_latent_upscale(folder: Path):
-    """The latent upscaler's conditioning at toy size: 8 input channels, 5 output channels (the last one a
-    variance), Fourier time embedding, ``timestep_cond`` = 128 noise-level values + the pooled text."""
+    """sd-x2-latent-upscaler's UNet layout at toy size: K-diffusion blocks, no mid block, 8 input channels,
+    5 output channels (the last one a variance), Fourier time embedding and a ``timestep_cond`` of 128
+    noise-level values plus the pooled text."""
     torch.manual_seed(0)
     tokenizer, text_encoder = _text_parts(folder)
-    unet = tiny_unet(in_channels=8, out_channels=5, time_embedding_type="fourier", time_cond_proj_dim=128 + HIDDEN,
-                     timestep_post_act="gelu", act_fn="gelu", resnet_time_scale_shift="scale_shift")
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=16, block_out_channels=(32, 32, 64, 64), layers_per_block=1,
+        down_block_types=("KDownBlock2D",) + ("KCrossAttnDownBlock2D",) * 3,
+        up_block_types=("KCrossAttnUpBlock2D",) * 3 + ("KUpBlock2D",), mid_block_type=None, norm_num_groups=None,
+        attention_head_dim=8, cross_attention_dim=HIDDEN, act_fn="gelu", time_embedding_type="fourier",
+        timestep_post_act="gelu", time_cond_proj_dim=128 + HIDDEN, conv_in_kernel=1, conv_out_kernel=1,
+        in_channels=8, out_channels=5, resnet_time_scale_shift="scale_shift",
+    ).eval()
     scheduler = diffusers.EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                                  prediction_type="sample", steps_offset=1)
     return _save(diffusers.StableDiffusionLatentUpscalePipeline(

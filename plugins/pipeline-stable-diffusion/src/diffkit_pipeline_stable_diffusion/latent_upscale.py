@@ -57,9 +57,6 @@ class StableDiffusionLatentUpscalePipeline(StableDiffusionBase):
     VAE encodes first. The scheduler must be an ``EulerDiscreteScheduler`` configured as the
     checkpoint's (``prediction_type="sample"``): the pipeline converts the UNet's output into a
     denoised sample itself. ``guidance_scale=0`` conditions on the empty prompt.
-
-    The released checkpoint's UNet uses diffusers' ``K*Block2D`` blocks, which diffkit's
-    ``UNet2DConditionModel`` does not build yet: it loads only UNets made of the supported blocks.
     """
 
     optional_components = ()
