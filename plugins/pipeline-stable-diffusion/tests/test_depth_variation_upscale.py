@@ -107,6 +107,14 @@ def test_depth_map_changes_the_image(depth_pipe):
     assert np.abs(a - b).max() > 1e-3
 
 
+def test_depth_takes_latents_with_a_depth_map(depth_pipe):
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    out = depth_pipe(prompt="a cat", image=latents, depth_map=torch.rand(1, 24, 24), strength=0.5, **CALL)
+    assert out.images.shape == (1, 32, 32, 3)
+    with pytest.raises(ValueError, match="image holds latents.*pass depth_map"):
+        depth_pipe(prompt="a cat", image=latents, **CALL)
+
+
 def test_depth_without_estimator_or_map_says_what_to_pass(depth_pipe):
     with pytest.raises(ValueError, match="depth_map"):
         depth_pipe(prompt="a cat", image=_image(), **CALL)
@@ -187,6 +195,10 @@ def test_noise_level_above_max_noise_level(upscale_pipe):
 def test_negative_noise_level(upscale_pipe):
     with pytest.raises(ValueError, match="noise_level must be an integer >= 0"):
         upscale_pipe(prompt="a cat", image=_image(16), noise_level=-1, **CALL)
+
+
+def test_upscale_takes_one_chw_tensor_for_one_prompt(upscale_pipe):
+    assert upscale_pipe(prompt="a cat", image=torch.rand(3, 16, 16), **CALL).images.shape == (1, 32, 32, 3)
 
 
 def test_upscale_image_count_must_match_prompts(upscale_pipe):

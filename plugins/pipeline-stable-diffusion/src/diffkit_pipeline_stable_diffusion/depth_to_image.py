@@ -56,6 +56,11 @@ def _image_list(image: Any) -> list[Any]:
     return list(image)
 
 
+def _is_latents(image: Any, latent_channels: int) -> bool:
+    """Whether ``image`` is an ``NCHW`` tensor with the VAE's latent channels (used as latents, not encoded)."""
+    return isinstance(image, torch.Tensor) and image.ndim == 4 and image.shape[1] == latent_channels
+
+
 class StableDiffusionDepth2ImgPipeline(StableDiffusionBase):
     """Re-imagine ``image`` towards a prompt while keeping its depth layout.
 
@@ -123,7 +128,14 @@ class StableDiffusionDepth2ImgPipeline(StableDiffusionBase):
         device: torch.device,
     ) -> torch.Tensor:
         """The UNet's depth channel: ``(batch, 1, h, w)`` at latent size, doubled for guidance."""
+        factor = self.vae_scale_factor
         height, width = image_size(image)
+        if _is_latents(image, self.vae.config.latent_channels):
+            height, width = height * factor, width * factor
+            if depth_map is None:
+                raise ValueError(
+                    "image holds latents, from which the depth estimator cannot predict depth; pass depth_map too"
+                )
         if depth_map is None:
             depth_map = self.estimate_depth(image, device, dtype)
         else:
@@ -134,7 +146,6 @@ class StableDiffusionDepth2ImgPipeline(StableDiffusionBase):
                        else type(depth_map).__name__)
                 )
             depth_map = depth_map.to(device=device, dtype=dtype)
-        factor = self.vae_scale_factor
         depth = normalized_depth(depth_map, height // factor, width // factor).to(dtype)
         depth = repeat_to_batch(depth, batch_size, "depth_map")
         return torch.cat([depth, depth]) if guidance_enabled else depth
@@ -168,7 +179,8 @@ class StableDiffusionDepth2ImgPipeline(StableDiffusionBase):
         guided by ``prompt`` and by its depth.
 
         ``depth_map``: ``(batch, H, W)`` depth (any scale: each map is rescaled to ``[-1, 1]``);
-        without it the depth estimator predicts one. ``strength`` in [0, 1] as in img2img. Other
+        without it the depth estimator predicts one. ``image`` may also be latents with the
+        VAE's channel count when ``depth_map`` is given. ``strength`` in [0, 1] as in img2img. Other
         arguments as :class:`StableDiffusionPipeline`. Returns an ``ImagePipelineOutput``, or
         ``(images,)`` with ``return_dict=False``.
         """

@@ -36,13 +36,13 @@ logger = logging.getLogger("diffkit.pipeline.stable_diffusion")
 X4_SCALING_FACTOR = 0.08333
 
 
-def image_batch_size(image: Any) -> int | None:
-    """How many images a list or batched array/tensor holds; ``None`` for one PIL image."""
+def image_batch_size(image: Any) -> int:
+    """How many images ``image`` holds: a list's length, a 4-D array's or tensor's first size, else 1."""
     if isinstance(image, (list, tuple)):
         return len(image)
-    if isinstance(image, (np.ndarray, torch.Tensor)):
+    if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 4:
         return image.shape[0]
-    return None
+    return 1
 
 
 class StableDiffusionUpscalePipeline(StableDiffusionBase):
@@ -102,7 +102,7 @@ class StableDiffusionUpscalePipeline(StableDiffusionBase):
     def check_upscale_inputs(self, image: Any, noise_level: int, batch: int) -> None:
         check_image_input(image, "image")
         images = image_batch_size(image)
-        if images is not None and images != batch:
+        if images != batch:
             raise ValueError(
                 f"prompt has batch size {batch} but image has batch size {images}; pass one image per prompt"
             )
