@@ -262,3 +262,24 @@ def test_latent_upscale_unet_of_the_wrong_width(latent_upscale_pipe, _unet):
     pipe = type(latent_upscale_pipe)(**{**latent_upscale_pipe.components, "unet": _unet(time_cond_proj_dim=160)})
     with pytest.raises(ValueError, match=r"in_channels=4 .* 4 latent \+ 4 conditioning channels"):
         _quiet(pipe)(prompt="a cat", image=torch.zeros(1, 4, 8, 8), **CALL)
+
+
+# -- one pipeline object, concurrent calls -------------------------------------------------------
+@pytest.mark.parametrize("which", ["depth_pipe", "upscale_pipe"])
+def test_concurrent_calls_give_the_sequential_images(request, which):
+    from concurrent.futures import ThreadPoolExecutor
+
+    pipe = request.getfixturevalue(which)
+    size = 32 if which == "depth_pipe" else 16
+    extra = {"depth_map": torch.rand(1, 16, 16, generator=torch.Generator().manual_seed(5)), "strength": 0.6} \
+        if which == "depth_pipe" else {"noise_level": 40}
+
+    def run(seed: int):
+        return pipe(prompt=f"a cat {seed}", image=_image(size, seed), generator=torch.Generator().manual_seed(seed),
+                    num_inference_steps=3, output_type="np", **extra).images
+
+    sequential = [run(seed) for seed in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        concurrent = list(pool.map(run, range(4)))
+    for a, b in zip(sequential, concurrent, strict=True):
+        assert np.array_equal(a, b)
