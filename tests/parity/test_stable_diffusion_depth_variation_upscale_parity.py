@@ -309,3 +309,21 @@ def test_upscale_float16_decodes_in_float32_as_diffusers(checkpoints):
     assert np.isfinite(got.images).all()
     _assert_close(expected.images, got.images, atol=1e-2)
     assert pipe.vae.dtype == torch.float16
+
+
+def test_depth_checkpoint_naming_dpt_feature_extractor_loads(checkpoints, tmp_path):
+    """stable-diffusion-2-depth's model_index.json names ``DPTFeatureExtractor`` (gone in transformers 5)."""
+    import json
+    import shutil
+
+    reference, _, folder = checkpoints["depth"]
+    copy_folder = tmp_path / "depth"
+    shutil.copytree(folder, copy_folder)
+    index = json.loads((copy_folder / "model_index.json").read_text())
+    index["feature_extractor"] = ["transformers", "DPTFeatureExtractor"]
+    (copy_folder / "model_index.json").write_text(json.dumps(index))
+    pipe = _load(copy_folder)
+    assert type(pipe.feature_extractor).__name__.startswith("DPTImageProcessor")
+    call = {"prompt": PROMPT, "image": _pil(32), "strength": 1.0, "num_inference_steps": 2, "output_type": "np"}
+    expected, got = _run_both(reference, pipe, **call)
+    _assert_close(expected.images, got.images)
