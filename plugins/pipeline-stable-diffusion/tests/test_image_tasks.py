@@ -124,6 +124,14 @@ def test_missing_image_and_mask_are_named(components):
         _make(StableDiffusionInpaintPipeline, components)(**CALL, image=IMAGE, mask_image={})
 
 
+def test_refused_pixels_name_the_argument(components):
+    pipe = _make(StableDiffusionInpaintPipeline, components)
+    with pytest.raises(TypeError, match="^mask_image: numpy arrays must hold floats"):
+        pipe(**CALL, image=IMAGE, mask_image=np.zeros((32, 32), np.uint8))
+    with pytest.raises(ValueError, match="^image: image size 1x1 .* smaller than the VAE scale factor"):
+        _make(StableDiffusionImg2ImgPipeline, components)(**CALL, image=PIL.Image.new("RGB", (1, 1)), strength=0.5)
+
+
 @pytest.mark.parametrize(
     "mask",
     [PIL.Image.new("L", (16, 32)), np.zeros((32, 24), np.float32), torch.zeros(1, 1, 8, 8)],

@@ -34,6 +34,14 @@ def check_image_input(value: Any, name: str, required: bool = True) -> None:
         )
 
 
+def preprocess_input(processor: Any, value: Any, name: str, **options: Any) -> torch.Tensor:
+    """``processor.preprocess(value, **options)``; a refused input names the argument it came from."""
+    try:
+        return processor.preprocess(value, **options)
+    except (TypeError, ValueError) as exc:
+        raise (TypeError if isinstance(exc, TypeError) else ValueError)(f"{name}: {exc}") from None
+
+
 def check_strength(strength: float) -> None:
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
         raise ValueError(

@@ -17,6 +17,7 @@ from .image_conditioning import (
     check_steps_left,
     check_strength,
     encode_with_vae,
+    preprocess_input,
     repeat_to_batch,
     strength_timesteps,
 )
@@ -146,7 +147,7 @@ class StableDiffusionImg2ImgPipeline(StableDiffusionBase):
             lora_scale=(cross_attention_kwargs or {}).get("scale"),
             clip_skip=clip_skip,
         )
-        pixels = self.image_processor.preprocess(image)
+        pixels = preprocess_input(self.image_processor, image, "image")
         state = self.plan_schedule(num_inference_steps, device, timesteps=timesteps, sigmas=sigmas)
         planned = state.num_inference_steps if state.num_inference_steps is not None else num_inference_steps
         run, steps = strength_timesteps(state, planned, strength, self.scheduler.order)

@@ -26,6 +26,7 @@ from .image_conditioning import (
     check_strength,
     encode_with_vae,
     image_size,
+    preprocess_input,
     repeat_to_batch,
     strength_timesteps,
 )
@@ -284,8 +285,9 @@ class StableDiffusionInpaintPipeline(StableDiffusionBase):
             resize_mode = "fill"
         else:
             crops_coords, resize_mode = None, "default"
-        pixels = self.image_processor.preprocess(
-            image, height=height, width=width, crops_coords=crops_coords, resize_mode=resize_mode
+        pixels = preprocess_input(
+            self.image_processor, image, "image", height=height, width=width, crops_coords=crops_coords,
+            resize_mode=resize_mode,
         ).to(dtype=torch.float32)
         dtype = prompt_embeds.dtype
         latents, noise, image_latents = self.prepare_inpaint_latents(
@@ -303,8 +305,9 @@ class StableDiffusionInpaintPipeline(StableDiffusionBase):
             strength == 1.0,
             unet_channels == LEGACY_CHANNELS,
         )
-        mask_condition = self.mask_processor.preprocess(
-            mask_image, height=height, width=width, resize_mode=resize_mode, crops_coords=crops_coords
+        mask_condition = preprocess_input(
+            self.mask_processor, mask_image, "mask_image", height=height, width=width, resize_mode=resize_mode,
+            crops_coords=crops_coords,
         )
         masked = pixels * (mask_condition < 0.5) if masked_image_latents is None else masked_image_latents
         mask, masked_latents = self.prepare_mask_latents(

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .base import Generator, Guidance, Prompt, StableDiffusionBase, StepCallback
-from .image_conditioning import check_image_input, repeat_to_batch
+from .image_conditioning import check_image_input, preprocess_input, repeat_to_batch
 from .outputs import StableDiffusionPipelineOutput
 
 
@@ -151,7 +151,7 @@ class StableDiffusionInstructPix2PixPipeline(StableDiffusionBase):
             prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_prompt_embeds,
         )
-        pixels = self.image_processor.preprocess(image)
+        pixels = preprocess_input(self.image_processor, image, "image")
         state = self.plan_schedule(num_inference_steps, device)
         images_total = batch * num_images_per_prompt
         dtype = prompt_embeds.dtype

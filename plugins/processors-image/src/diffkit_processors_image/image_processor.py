@@ -248,15 +248,15 @@ class VaeImageProcessor(Processor):
         else:
             names = sorted({k.__name__ for k in kinds})
             raise TypeError(
-                f"image must be a PIL image, a numpy array or a torch tensor, or a list of one of these; got {', '.join(names)}"
+                f"preprocess takes a PIL image, a numpy array or a torch tensor, or a list of one of these; got {', '.join(names)}"
             )
         if kind is np.ndarray and not all(np.issubdtype(i.dtype, np.floating) for i in items):
-            raise TypeError("image: numpy arrays must hold floats in [0, 1] (divide 8-bit pixels by 255)")
+            raise TypeError("numpy arrays must hold floats in [0, 1] (divide 8-bit pixels by 255)")
         if kind is not PIL.Image.Image:
             dims = {i.ndim for i in items}
             if len(dims) != 1 or not dims <= {2, 3, 4}:
                 raise ValueError(
-                    f"image: {kind.__name__} inputs must all have 2 or 3 dimensions, or 4 for a batch; got {sorted(dims)}"
+                    f"{kind.__name__} inputs must all have 2 or 3 dimensions, or 4 for a batch; got {sorted(dims)}"
                 )
         return items
 
