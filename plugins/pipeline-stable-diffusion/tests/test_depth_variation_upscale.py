@@ -174,6 +174,12 @@ def test_variation_rejects_bad_images(variation_pipe, image, error, match):
         variation_pipe(image, **CALL)
 
 
+def test_variation_image_encoder_must_fit_the_unet(variation_pipe, _unet):
+    with pytest.raises(ValueError, match="projection_dim=32 but unet has cross_attention_dim=16"):
+        type(variation_pipe)(**{**variation_pipe.components, "unet": _unet(cross_attention_dim=16)},
+                             **variation_pipe.settings)
+
+
 # -- x4 upscaler --------------------------------------------------------------------------------
 def test_upscale_output_is_vae_factor_larger(upscale_pipe):
     out = upscale_pipe(prompt="a cat", image=_image(16), noise_level=10, **CALL)

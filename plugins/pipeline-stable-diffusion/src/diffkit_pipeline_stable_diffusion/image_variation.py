@@ -38,6 +38,20 @@ def check_variation_image(image: Any) -> int:
     )
 
 
+def check_image_encoder_fits_unet(image_encoder: Any, unet: Any) -> None:
+    """The image encoder's ``projection_dim`` must be the UNet's ``cross_attention_dim`` (what it attends to)."""
+    width = getattr(getattr(image_encoder, "config", None), "projection_dim", None)
+    dims = getattr(getattr(unet, "config", None), "cross_attention_dim", None)
+    dims = set(dims) if isinstance(dims, (list, tuple)) else {dims}
+    if width is None or None in dims or dims == {width}:
+        return
+    raise ValueError(
+        f"image_encoder ({type(image_encoder).__name__}) has projection_dim={width} but unet has "
+        f"cross_attention_dim={sorted(dims)[0] if len(dims) == 1 else sorted(dims)}: the UNet cannot attend to "
+        "these image embeddings; load the image encoder and UNet from the same checkpoint"
+    )
+
+
 class StableDiffusionImageVariationPipeline(StableDiffusionBase):
     """Generate images like ``image``: its CLIP image embedding takes the place of the prompt.
 
@@ -69,6 +83,7 @@ class StableDiffusionImageVariationPipeline(StableDiffusionBase):
                 f"{type(self).__name__}: safety_checker needs a feature_extractor to prepare its input; "
                 "pass one (a CLIPImageProcessor), or pass safety_checker=None"
             )
+        check_image_encoder_fits_unet(image_encoder, unet)
         Pipeline.__init__(
             self,
             vae=vae,
