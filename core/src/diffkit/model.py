@@ -311,10 +311,12 @@ _COMPILED_BLOCKS: dict[type, int] = {}
 
 
 def _allow_recompiles(blocks: list[torch.nn.Module]) -> None:
-    """Raise dynamo's per-code recompile limit to the number of compiled blocks of one class.
+    """Raise dynamo's per-code recompile limit to twice the number of compiled blocks of one class.
 
-    Every block of a class shares one ``forward`` code object; past the limit (8 by default)
-    dynamo would silently run the remaining shapes eagerly.
+    Every block of a class shares one ``forward`` code object, which gets a graph per distinct
+    input, and inference-mode tensors (the pipelines') and ordinary ones get separate graphs;
+    past the limit (8 by default) dynamo runs the remaining inputs eagerly, or fails under
+    ``fullgraph=True``.
     """
     import torch._dynamo
 
@@ -322,7 +324,7 @@ def _allow_recompiles(blocks: list[torch.nn.Module]) -> None:
         _COMPILED_BLOCKS[type(block)] = _COMPILED_BLOCKS.get(type(block), 0) + 1
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    setattr(config, name, max(getattr(config, name), max(_COMPILED_BLOCKS.values())))
+    setattr(config, name, max(getattr(config, name), 2 * max(_COMPILED_BLOCKS.values())))
 
 
 #: torch.nn.init's in-place initialisers (``kaiming_uniform_``, ``zeros_``...)
