@@ -327,3 +327,32 @@ def test_depth_checkpoint_naming_dpt_feature_extractor_loads(checkpoints, tmp_pa
     call = {"prompt": PROMPT, "image": _pil(32), "strength": 1.0, "num_inference_steps": 2, "output_type": "np"}
     expected, got = _run_both(reference, pipe, **call)
     _assert_close(expected.images, got.images)
+
+
+OUTDATED_CALLS = {
+    "depth": {"prompt": PROMPT, "image": _pil(32), "depth_map": _DEPTH, "strength": 1.0},
+    "variation": {"image": _pil(32)},
+    "upscale": {"prompt": PROMPT, "image": _pil(16), "noise_level": 20},
+}
+
+
+@pytest.mark.parametrize("task", list(OUTDATED_CALLS))
+def test_outdated_scheduler_config_is_used_as_given(checkpoints, task):
+    """Unlike text-to-image, diffusers' depth2img, variation and x4 pipelines do not rewrite steps_offset=0 or
+    clip_sample=True: the schedule is run as configured, so diffkit does the same."""
+    from diffkit import registry
+
+    reference, pipe, _ = checkpoints[task]
+    prediction = reference.scheduler.config.prediction_type
+    outdated = diffusers.DDIMScheduler(**{**SCHEDULER, "steps_offset": 0, "clip_sample": True},
+                                       prediction_type=prediction)
+    ours = registry.get("scheduler", "DDIMScheduler").from_config(dict(outdated.config))
+    settings = {k: v for k, v in reference.config.items() if k in ("requires_safety_checker", "max_noise_level")}
+    reference = type(reference)(**{**reference.components, "scheduler": outdated}, **settings)
+    reference.set_progress_bar_config(disable=True)
+    pipe = type(pipe)(**{**pipe.components, "scheduler": ours}, **pipe.settings)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.scheduler.config.steps_offset == 0 and pipe.scheduler.config.clip_sample
+    call = {"num_inference_steps": 3, "output_type": "np", **OUTDATED_CALLS[task]}
+    expected, got = _run_both(reference, pipe, **call)
+    _assert_close(expected.images, got.images)

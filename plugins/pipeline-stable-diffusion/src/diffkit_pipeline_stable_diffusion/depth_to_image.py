@@ -24,7 +24,6 @@ from .base import (
     StableDiffusionBase,
     StepCallback,
     check_text_encoder_fits_unet,
-    modernized_scheduler,
 )
 from .image_conditioning import (
     check_image_input,
@@ -92,7 +91,7 @@ class StableDiffusionDepth2ImgPipeline(StableDiffusionBase):
             text_encoder=text_encoder,
             tokenizer=tokenizer,
             unet=unet,
-            scheduler=modernized_scheduler(scheduler),
+            scheduler=scheduler,
             depth_estimator=depth_estimator,
             feature_extractor=feature_extractor,
         )

@@ -15,7 +15,7 @@ import torch
 
 from diffkit.pipeline import Pipeline
 
-from .base import Generator, StableDiffusionBase, StepCallback, logger, modernized_scheduler
+from .base import Generator, StableDiffusionBase, StepCallback, logger
 from .outputs import StableDiffusionPipelineOutput
 
 
@@ -89,7 +89,7 @@ class StableDiffusionImageVariationPipeline(StableDiffusionBase):
             vae=vae,
             image_encoder=image_encoder,
             unet=unet,
-            scheduler=modernized_scheduler(scheduler),
+            scheduler=scheduler,
             safety_checker=safety_checker,
             feature_extractor=feature_extractor,
             requires_safety_checker=requires_safety_checker,

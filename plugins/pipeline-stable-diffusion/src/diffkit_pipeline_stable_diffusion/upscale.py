@@ -25,7 +25,6 @@ from .base import (
     StableDiffusionBase,
     StepCallback,
     check_text_encoder_fits_unet,
-    modernized_scheduler,
 )
 from .image_conditioning import check_image_input
 from .outputs import StableDiffusionPipelineOutput
@@ -84,7 +83,7 @@ class StableDiffusionUpscalePipeline(StableDiffusionBase):
             tokenizer=tokenizer,
             unet=unet,
             low_res_scheduler=low_res_scheduler,
-            scheduler=modernized_scheduler(scheduler),
+            scheduler=scheduler,
             safety_checker=safety_checker,
             feature_extractor=feature_extractor,
             watermarker=watermarker,
