@@ -165,7 +165,7 @@ def print_loading_table(series: Mapping[str, Series], ours: str = "diffkit") -> 
     width = max(map(len, series))
     for key, unit, scale in FIGURES:
         for name, s in series.items():
-            print(f"{LABELS[key]:32s} {name:{width}s} {s[key].text(scale, unit, 3 if unit == 's' else 0)}")
+            print(f"{LABELS[key]:36s} {name:{width}s} {s[key].text(scale, unit, 3 if unit == 's' else 0)}")
     ratios = {}
     for other in series:
         if other != ours:

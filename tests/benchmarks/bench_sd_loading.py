@@ -14,7 +14,9 @@ diffusers 0.42.1 loads with ``low_cpu_mem_usage=True`` (meta-device models, no r
 only when ``accelerate`` is importable, and accelerate is not installed in this virtualenv; so
 diffusers runs as installed and, with ``--accelerate DIR`` (a folder holding accelerate and
 psutil, e.g. ``pip install --target DIR --no-deps accelerate psutil pyyaml``), once more with
-that folder on ``PYTHONPATH``. The reported ratio is against the faster diffusers.
+that folder on ``PYTHONPATH``. The reported ratio is against the faster diffusers. diffkit checks
+every loaded weight for NaN/Inf (a float64 sum per tensor, which reads all of them);
+``--no-weight-check`` adds a diffkit run with that check off (``DIFFKIT_CHECK_WEIGHTS=0``).
 
 Run: python tests/benchmarks/bench_sd_loading.py [--repeats 3] [--accelerate DIR] [--checkpoint DIR]
 [--dtype float32|float16] [--tiny]; the checkpoint is written under /tmp and deleted afterwards,
@@ -30,8 +32,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_loading import loading_series, print_loading_table  # noqa: E402
-from timing import PY, parser, print_ratio, print_setup, write_json  # noqa: E402
+from bench_loading import LABELS, loading_series, print_loading_table  # noqa: E402
+from timing import PY, parser, print_ratio, print_setup, ratio, write_json  # noqa: E402
 
 #: runwayml/stable-diffusion-v1-5 unet/config.json, as diffusers' arguments
 SD15_UNET = dict(
@@ -93,6 +95,8 @@ LOADERS = {
     "diffusers": ("from diffusers import StableDiffusionPipeline", "StableDiffusionPipeline.from_pretrained(path)"),
 }
 
+UNCHECKED = "diffkit, no weight check"
+
 
 def build(folder: Path, dtype: str, tiny: bool) -> None:
     """Have diffusers build and save the pipeline, in a process of its own (the parent stays small)."""
@@ -113,6 +117,8 @@ def main() -> None:
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="weights on disk")
     p.add_argument("--accelerate", metavar="DIR", help="a folder with accelerate + psutil: diffusers loads once more "
                    "with it on PYTHONPATH")
+    p.add_argument("--no-weight-check", action="store_true", help="diffkit loads once more with "
+                   "DIFFKIT_CHECK_WEIGHTS=0 (its NaN/Inf check of every weight off), to show what the check costs")
     p.add_argument("--checkpoint", metavar="DIR", help="build the checkpoint here once and keep it (else a temp dir)")
     args = p.parse_args()
     if args.tiny:
@@ -122,6 +128,9 @@ def main() -> None:
     if args.accelerate:
         loaders["diffusers+accelerate"] = LOADERS["diffusers"]
         envs["diffusers+accelerate"] = {"PYTHONPATH": str(Path(args.accelerate).resolve())}
+    if args.no_weight_check:
+        loaders[UNCHECKED] = LOADERS["diffkit"]
+        envs[UNCHECKED] = {"DIFFKIT_CHECK_WEIGHTS": "0"}
 
     tmp = None
     if args.checkpoint:
@@ -146,15 +155,21 @@ def main() -> None:
         args,
     )
     ratios = print_loading_table(series)
-    best = min(ratios, key=lambda other: series[other]["cold_read"].median)
+    best = min((o for o in ratios if o != UNCHECKED), key=lambda other: series[other]["cold_read"].median)
     write_json(args, {f"{n} {k}": s[k] for n, s in series.items() for k in s.records[0]} | {
         f"{other} {k}": v for other, r in ratios.items() for k, v in r.items()})
     r = ratios[best]
+    unchecked = ""
+    if UNCHECKED in series:
+        u = {k: ratio(series[UNCHECKED][k], series[best][k]) for k in r}
+        print(f"ratios {UNCHECKED}/{best}: " + ", ".join(f"{LABELS[k]} {v:.2f}x" for k, v in u.items()))
+        unchecked = f"; without the weight check {u['cold_read']:.2f}x and process peak RSS {u['process_peak_mb']:.2f}x"
     print_ratio(
         r["cold_read"],
         f"import + first load + read of every weight, fresh process, against {best} (goal <= 0.7)",
         f"process peak RSS {r['process_peak_mb']:.2f}x (goal <= 0.7), import + first load {r['cold']:.2f}x, "
-        f"second load + read {r['second_read']:.2f}x, peak RSS added by load + read {r['added_read_mb']:.2f}x",
+        f"second load + read {r['second_read']:.2f}x, peak RSS added by load + read {r['added_read_mb']:.2f}x"
+        f"{unchecked}",
     )
 
 if __name__ == "__main__":
