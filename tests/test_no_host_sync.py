@@ -104,12 +104,16 @@ def test_the_detector_catches_a_read_inside_the_loop(sd):
            callback_on_step_end=reads_a_value)
 
 
-@pytest.mark.parametrize("scheduler", ["EulerDiscreteScheduler", "DPMSolverMultistepScheduler"])
-def test_sdxl_loop_reads_no_device_value(tmp_path, scheduler):
+@pytest.mark.parametrize(("scheduler", "deepcache"), [
+    ("EulerDiscreteScheduler", False), ("DPMSolverMultistepScheduler", False), ("EulerDiscreteScheduler", True),
+])
+def test_sdxl_loop_reads_no_device_value(tmp_path, scheduler, deepcache):
     pytest.importorskip("diffkit_pipeline_stable_diffusion_xl")
     pipe = tiny_sdxl(tmp_path, scheduler)
     pipe.to("meta")
     guard_loop(pipe)
+    if deepcache:
+        pipe.enable_step_cache("deepcache", interval=2)
     latents = pipe("a digit", num_inference_steps=3, height=32, width=32, output_type="latent",
                    generator=torch.Generator().manual_seed(0)).images
     assert latents.device.type == "meta"
