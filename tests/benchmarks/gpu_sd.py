@@ -9,7 +9,10 @@ weights, loaded once). For each config it measures, in this order on the same GP
   UNet with ``fullgraph=True``, or ``--diffusers-compile regional``: diffusers'
   ``compile_repeated_blocks``), diffkit compiled (``fuse_qkv_projections``, channels-last,
   ``unet.compile()``: regional, one graph per block shape);
-- diffkit compiled + DeepCache (``enable_step_cache("deepcache", interval=3)``).
+- diffkit compiled + DeepCache (``enable_step_cache("deepcache", interval=3)``);
+- diffkit's UNet compiled as one graph with ``mode="reduce-overhead"`` (inductor replays it as
+  CUDA graphs: static shapes, no launch overhead), for the configs ``--cuda-graphs`` names
+  (default sd15: the whole-graph compile of the SDXL UNet takes minutes).
 
 Figures: UNet ms per classifier-free-guidance step (batch 2, 64x64 latents for SD1.5, 128x128
 for SDXL; DeepCache's is the mean over whole cache cycles), the end-to-end time of one
@@ -96,7 +99,8 @@ TINY: dict[str, dict[str, Any]] = {
         vae=TINY_VAE, text_encoders=[TINY_CLIP, TINY_CLIP],
     ),
 }
-VARIANTS = ("diffusers eager", "diffkit eager", "diffusers compiled", "diffkit compiled", "diffkit compiled+DeepCache")
+VARIANTS = ("diffusers eager", "diffkit eager", "diffusers compiled", "diffkit compiled", "diffkit compiled+DeepCache",
+            "diffkit whole graph+CUDA graphs")
 
 
 @dataclass
@@ -290,6 +294,23 @@ def compile_both(env: dict[str, Any], args: Any) -> None:
     ours.unet.compile(**settings)
 
 
+def whole_graph_pipeline(ours: Any, args: Any) -> Any:
+    """A sibling of ``ours`` whose UNet (same tensors, fused QKV) is compiled as one graph, with
+    ``mode="reduce-overhead"`` (inductor's CUDA graphs) when the backend is inductor."""
+    import torch
+
+    unet = ours.unet
+    with torch.device("meta"):
+        twin = type(unet)(unet.config)
+    twin.load_state_dict(unet.state_dict(), assign=True)
+    twin.eval().fuse_qkv_projections()
+    mode = "reduce-overhead" if args.backend == "inductor" else None
+    twin.compile(mode, regional=False, backend=args.backend)
+    pipe = type(ours)(**{**ours.components, "unet": twin}, **ours.settings)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def run_config(name: str, spec: dict[str, Any], args: Any, device: str, dtype: Any) -> list[Row]:
     import torch
 
@@ -336,6 +357,17 @@ def run_config(name: str, spec: dict[str, Any], args: Any, device: str, dtype: A
     image_figures({label: ours})
     ours.disable_step_cache()
 
+    # diffkit's UNet compiled as one graph, replayed as CUDA graphs (static shapes)
+    label = "diffkit whole graph+CUDA graphs"
+    if name in args.cuda_graphs.split(","):
+        whole = whole_graph_pipeline(ours, args)
+        start = time.perf_counter()
+        unet_step(whole, inputs, device)()
+        rows[label].warmup_s = time.perf_counter() - start
+        rows[label].unet_ms = unet_figures({label: whole}, args.unet_calls)[label]
+        image_figures({label: whole})
+        del whole
+
     del env, theirs, ours
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -351,7 +383,7 @@ def _ratio(value: float | None, base: float | None) -> str:
 
 def print_table(rows: list[Row]) -> None:
     """One line per config and variant; a speed-up is diffusers eager's time over the variant's (higher is faster)."""
-    header = (f"{'config':<6} {'variant':<28} {'UNet ms/step':>13} {'speed-up':>9} {'image s':>9} {'speed-up':>9} "
+    header = (f"{'config':<6} {'variant':<32} {'UNet ms/step':>13} {'speed-up':>9} {'image s':>9} {'speed-up':>9} "
               f"{'peak GiB':>9} {'warm-up s':>10} finite")
     print(header)
     print("-" * len(header))
@@ -361,7 +393,7 @@ def print_table(rows: list[Row]) -> None:
         image = f"{row.image_s:.3f}" if row.image_s is not None else "-"
         peak = f"{row.peak_gib:.2f}" if row.peak_gib is not None else "-"
         warm = f"{row.warmup_s:.1f}" if row.warmup_s is not None else "-"
-        print(f"{row.config:<6} {row.variant:<28} {ms:>13} {_ratio(row.unet_ms, base.unet_ms):>9} {image:>9} "
+        print(f"{row.config:<6} {row.variant:<32} {ms:>13} {_ratio(row.unet_ms, base.unet_ms):>9} {image:>9} "
               f"{_ratio(row.image_s, base.image_s):>9} {peak:>9} {warm:>10} {row.finite}")
 
 
@@ -379,6 +411,8 @@ def main() -> None:
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    help="keep the compiled UNets in contiguous (NCHW) memory format")
     p.add_argument("--deepcache-interval", type=int, default=3, help="DeepCache: UNet calls per full call")
+    p.add_argument("--cuda-graphs", default="sd15",
+                   help="configs that also get diffkit's whole-graph UNet with CUDA graphs (default sd15; '' for none)")
     args = p.parse_args()
 
     import torch
