@@ -18,7 +18,8 @@ upsampled to 16×16 (bilinear) and mapped to [-1, 1]; the ambiguous digits are l
 ``diffkit/ddpm-digits``; the preprocessing is shared in ``diffkit_pretrained_ddpm_digits.quality``).
 Each digit appears plain and in the styles the captions name, rendered by transforming the image:
 "thick" (dilated strokes), "thin" (only the strokes' cores), "small" (shrunk into the middle),
-"tilted" (rotated ±20-30°) and "inverted" (dark on light). Captions are generated at every step:
+"tilted" (rotated ±20-30°) and "inverted" (dark on light); batches draw uniformly from that set, in
+which each digit appears once plain and six times styled. Captions are generated at every step:
 the digit as a word or a numeral ("the digit seven", "a thick 7", "seven"), captions that name no
 digit ("a handwritten digit", "a thin digit"), and empty captions (``--empty-caption-rate``), which
 is what the pipeline's classifier-free guidance conditions its unconditional half on.
@@ -79,7 +80,6 @@ class Settings:
     resolution: int = 16
     upsample_mode: str = "bilinear"
     clear_digits_only: float = 0.8  # > 0: keep the digits a cross-validated SVM gives their own label with p >= this
-    style_rate: float = 0.35  # share of training images drawn in one of STYLES (and captioned so)
     tilt_degrees: tuple[int, ...] = (20, 30)  # "tilted": rotated by an angle of this size range, either way
     empty_caption_rate: float = 0.15  # share of empty captions: the unconditional half of classifier-free guidance
     no_digit_caption_rate: float = 0.1  # share of captions that name no digit ("a handwritten digit")
@@ -530,7 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - wall0 - outside[0]
     cpu = time.process_time() - cpu0 - outside[1]
     backup = output.with_name(output.name + ".ema.pt")
-    torch.save({"vae": vae.state_dict(), "denoiser": ema.state_dict()}, backup)  # removed once the checkpoint is written
+    # in case saving the checkpoint fails; removed once it is written
+    torch.save({"vae": vae.state_dict(), "denoiser": ema.state_dict()}, backup)
 
     pipe = assemble(vae, ema, tokenizer, scheduler)
     at_end = {f"guidance {g:g}": check_quality(pipe, classifier, 16, g) for g in (5.0, 1.0)}
