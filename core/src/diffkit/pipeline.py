@@ -419,7 +419,8 @@ class Pipeline:
 
     def enable_step_cache(self, cache: str | StepCache, **options: Any) -> StepCache:
         """Reuse work between denoising steps: a registered cache name (``"deepcache"``) built with
-        ``options``, or a ``StepCache`` instance. A cache already on is removed first.
+        ``options``, or a ``StepCache`` instance. A cache already on is removed first; a cache
+        that cannot serve this pipeline's models raises, and then no cache is on.
 
         The cache keeps what it reuses per pipeline call (see :mod:`diffkit.step_cache`), so
         concurrent calls stay independent. Returns the cache instance.
