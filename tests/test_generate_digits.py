@@ -106,8 +106,8 @@ README_PICTURE = ROOT / "docs" / "images" / "digits.png"
 
 
 def readme_generate_arguments() -> list[str]:
-    """The arguments of the ``diffkit generate`` that ends the README's first command."""
-    line = next(line for line in (ROOT / "README.md").read_text().splitlines() if " generate " in line)
+    """The arguments of the README's ``diffkit generate`` of this demo (the unconditional one)."""
+    line = next(line for line in (ROOT / "README.md").read_text().splitlines() if f" generate {NAME} " in line)
     command = line.split("&&")[-1].split()
     assert Path(command[0]).name == "diffkit" and command[1:3] == ["generate", NAME], command
     return command[1:]
