@@ -1,6 +1,7 @@
 """Benchmark: `from_pretrained` of a Stable Diffusion 1.5-sized pipeline, diffkit vs diffusers: time and peak RSS.
 
-diffusers builds the pipeline with random weights and saves it (float32 safetensors, ~4.3 GB):
+diffusers builds the pipeline with random weights and saves it (float32 safetensors, ~4.3 GB;
+``pipeline_loading.py`` builds, measures and reports, shared with ``bench_sdxl_loading.py``):
 the runwayml/stable-diffusion-v1-5 architecture written out by hand, an 860M-parameter
 UNet2DConditionModel, a 123M-parameter CLIPTextModel (ViT-L/14 text tower), an 84M-parameter
 AutoencoderKL and a PNDM scheduler, without safety checker. The tokenizer is the small offline
@@ -15,7 +16,7 @@ only when ``accelerate`` is importable, and accelerate is not installed in this 
 diffusers runs as installed and, with ``--accelerate DIR`` (a folder holding accelerate and
 psutil, e.g. ``pip install --target DIR --no-deps accelerate psutil pyyaml``), once more with
 that folder on ``PYTHONPATH``. The reported ratio is against the faster diffusers. diffkit checks
-every loaded weight for NaN/Inf (a float64 sum per tensor, which reads all of them);
+every loaded weight for NaN/Inf (a sum per tensor in its own dtype, which reads all of them);
 ``--no-weight-check`` adds a diffkit run with that check off (``DIFFKIT_CHECK_WEIGHTS=0``).
 
 Run: python tests/benchmarks/bench_sd_loading.py [--repeats 3] [--accelerate DIR] [--checkpoint DIR]
@@ -25,15 +26,13 @@ unless ``--checkpoint DIR`` names one to build once and keep.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_loading import LABELS, loading_series, print_loading_table  # noqa: E402
-from timing import PY, parser, print_ratio, print_setup, ratio, write_json  # noqa: E402
+from bench_loading import loading_series  # noqa: E402
+from pipeline_loading import add_options, checkpoint, json_figures, loaders_and_envs, report, size_gb  # noqa: E402
+from timing import parser, print_ratio, print_setup, write_json  # noqa: E402
 
 #: runwayml/stable-diffusion-v1-5 unet/config.json, as diffusers' arguments
 SD15_UNET = dict(
@@ -68,84 +67,33 @@ TINY = dict(
               num_attention_heads=4, projection_dim=32),
 )
 
-BUILD = """
-import sys
-from pathlib import Path
-import torch
-from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-from diffkit.testing import write_clip_tokenizer_files
+def spec(tiny: bool) -> dict:
+    """The pipeline that ``pipeline_loading.build`` makes: SD1.5, or its tiny twin."""
+    configs = TINY if tiny else dict(unet=SD15_UNET, vae=SD15_VAE, text=SD15_TEXT)
+    return dict(
+        pipeline="StableDiffusionPipeline", unet=configs["unet"], vae=configs["vae"],
+        scheduler=("PNDMScheduler", SD15_SCHEDULER), text_encoders={"text_encoder": ("CLIPTextModel", configs["text"])},
+        tokenizers=["tokenizer"], settings=dict(safety_checker=None, feature_extractor=None,
+                                                requires_safety_checker=False),
+    )
 
-folder, dtype = Path(sys.argv[1]), getattr(torch, sys.argv[2])
-unet_config, vae_config, text_config, scheduler_config = (eval(a) for a in sys.argv[3:7])
-torch.manual_seed(0)
-tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer_files(folder.parent / "offline-tokenizer"))
-text = CLIPTextConfig(**text_config, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                      pad_token_id=tokenizer.pad_token_id)
-pipe = StableDiffusionPipeline(
-    unet=UNet2DConditionModel(**unet_config).to(dtype), vae=AutoencoderKL(**vae_config).to(dtype),
-    text_encoder=CLIPTextModel(text).to(dtype), tokenizer=tokenizer, scheduler=PNDMScheduler(**scheduler_config),
-    safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-)
-pipe.save_pretrained(folder)
-"""
 
 LOADERS = {
     "diffkit": ("from diffkit import DiffusionPipeline", "DiffusionPipeline.from_pretrained(path)"),
     "diffusers": ("from diffusers import StableDiffusionPipeline", "StableDiffusionPipeline.from_pretrained(path)"),
 }
 
-UNCHECKED = "diffkit, no weight check"
-
-
-def build(folder: Path, dtype: str, tiny: bool) -> None:
-    """Have diffusers build and save the pipeline, in a process of its own (the parent stays small)."""
-    configs = TINY if tiny else dict(unet=SD15_UNET, vae=SD15_VAE, text=SD15_TEXT)
-    subprocess.run(
-        [PY, "-c", BUILD, str(folder), dtype, repr(configs["unet"]), repr(configs["vae"]), repr(configs["text"]),
-         repr(SD15_SCHEDULER)],
-        check=True,
-    )
-
-
-def size_gb(folder: Path) -> float:
-    return sum(f.stat().st_size for f in folder.rglob("*.safetensors")) / 1e9
-
 
 def main() -> None:
     p = parser(__doc__, repeats=3, clock="process")
-    p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="weights on disk")
-    p.add_argument("--accelerate", metavar="DIR", help="a folder with accelerate + psutil: diffusers loads once more "
-                   "with it on PYTHONPATH")
-    p.add_argument("--no-weight-check", action="store_true", help="diffkit loads once more with "
-                   "DIFFKIT_CHECK_WEIGHTS=0 (its NaN/Inf check of every weight off), to show what the check costs")
-    p.add_argument("--checkpoint", metavar="DIR", help="build the checkpoint here once and keep it (else a temp dir)")
+    add_options(p, "float32")
     args = p.parse_args()
     if args.tiny:
         args.repeats = 1
-    loaders = dict(LOADERS)
-    envs = {}
-    if args.accelerate:
-        loaders["diffusers+accelerate"] = LOADERS["diffusers"]
-        envs["diffusers+accelerate"] = {"PYTHONPATH": str(Path(args.accelerate).resolve())}
-    if args.no_weight_check:
-        loaders[UNCHECKED] = LOADERS["diffkit"]
-        envs[UNCHECKED] = {"DIFFKIT_CHECK_WEIGHTS": "0"}
-
-    tmp = None
-    if args.checkpoint:
-        folder = Path(args.checkpoint)
-    else:
-        tmp = tempfile.mkdtemp(prefix="diffkit-sd-bench-", dir="/tmp")
-        folder = Path(tmp) / "sd15-random"
-    try:
-        if not (folder / "model_index.json").exists():
-            build(folder, args.dtype, args.tiny)
+    loaders, envs = loaders_and_envs(args, LOADERS)
+    with checkpoint(args, "sd15-random", spec(args.tiny)) as folder:
         gigabytes = size_gb(folder)
         series = loading_series(loaders, folder, args.clock, args.repeats, args.warmup, envs)
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     params = series["diffkit"]["params"].median
     print_setup(
@@ -154,16 +102,8 @@ def main() -> None:
         "one fresh process per loader and repeat, checkpoint in the page cache",
         args,
     )
-    ratios = print_loading_table(series)
-    best = min((o for o in ratios if o != UNCHECKED), key=lambda other: series[other]["cold_read"].median)
-    write_json(args, {f"{n} {k}": s[k] for n, s in series.items() for k in s.records[0]} | {
-        f"{other} {k}": v for other, r in ratios.items() for k, v in r.items()})
-    r = ratios[best]
-    unchecked = ""
-    if UNCHECKED in series:
-        u = {k: ratio(series[UNCHECKED][k], series[best][k]) for k in r}
-        print(f"ratios {UNCHECKED}/{best}: " + ", ".join(f"{LABELS[k]} {v:.2f}x" for k, v in u.items()))
-        unchecked = f"; without the weight check {u['cold_read']:.2f}x and process peak RSS {u['process_peak_mb']:.2f}x"
+    best, r, unchecked = report(series)
+    write_json(args, json_figures(series, {best: r}))
     print_ratio(
         r["cold_read"],
         f"import + first load + read of every weight, fresh process, against {best} (goal <= 0.7)",
@@ -171,6 +111,7 @@ def main() -> None:
         f"second load + read {r['second_read']:.2f}x, peak RSS added by load + read {r['added_read_mb']:.2f}x"
         f"{unchecked}",
     )
+
 
 if __name__ == "__main__":
     main()
