@@ -103,7 +103,7 @@ def main() -> None:
         torch.manual_seed(0)
         build_diffusers_sd(Path(tmp) / "tiny-sd")
         for variant in ("no-op UNet", "tiny UNet"):
-            for lib, cls in zip(LIBRARIES, (DiffusionPipeline, diffusers.StableDiffusionPipeline)):
+            for lib, cls in zip(LIBRARIES, (DiffusionPipeline, diffusers.StableDiffusionPipeline), strict=True):
                 with contextlib.redirect_stderr(io.StringIO()):  # loading progress bars and notices
                     pipe = cls.from_pretrained(Path(tmp) / "tiny-sd")
                 pipe.set_progress_bar_config(disable=True)

@@ -49,7 +49,7 @@ def main() -> None:
         with contextlib.redirect_stderr(io.StringIO()):
             build_diffusers_sdxl(Path(tmp) / "tiny-sdxl")
         for variant in ("no-op UNet", "tiny UNet"):
-            for lib, cls in zip(LIBRARIES, (DiffusionPipeline, diffusers.StableDiffusionXLPipeline)):
+            for lib, cls in zip(LIBRARIES, (DiffusionPipeline, diffusers.StableDiffusionXLPipeline), strict=True):
                 with contextlib.redirect_stderr(io.StringIO()):  # loading progress bars and notices
                     pipe = cls.from_pretrained(Path(tmp) / "tiny-sdxl", add_watermarker=False)
                 pipe.set_progress_bar_config(disable=True)

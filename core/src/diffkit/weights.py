@@ -137,7 +137,6 @@ def _shards_from_index(index_path: Path) -> list[Path]:
 
 def read_state_dict(files: list[Path], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Read and merge the tensors of ``files`` (safetensors, or opted-in pickle)."""
-    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
