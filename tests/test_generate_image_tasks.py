@@ -95,3 +95,21 @@ def test_bad_image_task_inputs_are_one_line_errors(files, capsys, tmp_path):
     assert code == 2 and len(errors) == 1 and "mask_image is 16x16 pixels but image is 32x32" in errors[0]
     code, _, err = _generate(capsys, str(files / "sd"), *BASE, "--strength", "0.5")
     assert code == 2 and "StableDiffusionPipeline does not take --strength" in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "size"), [([], 32), (["--mask-image", "mask.png"], 16)], ids=["img2img", "inpaint"]
+)
+def test_greyscale_demo_takes_an_rgb_image_file(files, capsys, tmp_path, extra, size):
+    # the tiny-sd-digits VAE has one channel: the CLI reads --image as greyscale for it, the mask always so;
+    # img2img keeps the image's size, inpainting draws at the UNet's (16 px) as diffusers does
+    out = tmp_path / "out.png"
+    extra = [files / e if e.endswith(".png") else e for e in extra]
+    code, stdout, err = _generate(
+        capsys, "diffkit/tiny-sd-digits", "--prompt", "the digit seven", "--image", str(files / "image.png"),
+        "--steps", "4", "--seed", "0", *map(str, extra), "--output", str(out),
+    )
+    assert code == 0, err
+    assert str(out) in stdout
+    with Image.open(out) as image:
+        assert image.size == (size, size)

@@ -44,15 +44,25 @@ from .output import (
 )
 
 
-def _open_image(path: Path) -> Any:
-    """An input image for the pipeline, read with Pillow (RGB)."""
+def _read_image(path: Path, mode: str, what: str) -> Any:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return image.convert(mode)
     except (UnidentifiedImageError, OSError) as exc:
-        raise CLIError(f"cannot read the image {path}: {exc}") from None
+        raise CLIError(f"cannot read the {what} {path}: {exc}") from None
+
+
+def _open_image(path: Path, pipe: Any) -> Any:
+    """An input image for ``pipe``: greyscale for a one-channel VAE (the digits demo), else RGB."""
+    vae_config = getattr(getattr(pipe, "vae", None), "config", None)
+    return _read_image(path, "L" if getattr(vae_config, "in_channels", 3) == 1 else "RGB", "image")
+
+
+def _open_mask(path: Path, pipe: Any) -> Any:
+    """A mask, greyscale: white where to paint, black where to keep."""
+    return _read_image(path, "L", "mask image")
 
 
 @dataclass(frozen=True)
@@ -61,7 +71,7 @@ class CallOption:
 
     ``parameters`` are the ``__call__`` parameters it can fill, by preference: the first one
     the pipeline accepts gets the value. ``load`` turns the parsed text into the call value
-    (e.g. opens an image) once the option is known to be used. A new kind of pipeline input
+    (e.g. opens an image for that pipeline) once the option is known to be used. A new kind of pipeline input
     is one more entry of :data:`CALL_OPTIONS`.
     """
 
@@ -70,7 +80,7 @@ class CallOption:
     metavar: str
     help: str
     parse: Callable[[str], Any]
-    load: Callable[[Any], Any] | None = None
+    load: Callable[[Any, Any], Any] | None = None
 
     @property
     def dest(self) -> str:
@@ -107,7 +117,7 @@ CALL_OPTIONS: tuple[CallOption, ...] = (
         "FILE",
         "mask image, white where to paint, for inpainting pipelines",
         existing_file,
-        _open_image,
+        _open_mask,
     ),
     CallOption(
         "--strength",
@@ -286,7 +296,7 @@ def _call_arguments(pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
             raise CLIError(
                 f"{pipeline_name} does not take {option.flag} (its __call__ has no {' or '.join(option.parameters)})"
             )
-        kwargs[target] = option.load(value) if option.load is not None else value
+        kwargs[target] = option.load(value, pipe) if option.load is not None else value
     if "generator" in params or takes_any:
         import torch
 
