@@ -40,6 +40,21 @@ Generator = torch.Generator | list[torch.Generator]
 StepCallback = Callable[[Any, int, torch.Tensor, dict[str, Any]], dict[str, Any]]
 
 
+def initial_noise(
+    shape: tuple[int, ...],
+    generator: Generator | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    latents: torch.Tensor | None,
+) -> torch.Tensor:
+    """Fresh noise of ``shape`` drawn with ``randn_tensor``, or the caller's ``latents`` checked against it."""
+    if latents is None:
+        return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+    if tuple(latents.shape) != shape:
+        raise ValueError(f"latents must have shape {shape} for this call, got {tuple(latents.shape)}")
+    return latents.to(device)
+
+
 @dataclass(frozen=True)
 class Guidance:
     """The guidance settings of one call; ``enabled`` says whether the UNet sees the doubled batch."""
@@ -372,13 +387,7 @@ class StableDiffusionBase(Pipeline):
                 f"generator is a list of {len(generator)} but {batch_size} images are made "
                 "(prompts x num_images_per_prompt); pass one generator per image, or a single one"
             )
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        else:
-            if tuple(latents.shape) != shape:
-                raise ValueError(f"latents must have shape {shape} for this call, got {tuple(latents.shape)}")
-            latents = latents.to(device)
-        return latents * init_noise_sigma
+        return initial_noise(shape, generator, device, dtype, latents) * init_noise_sigma
 
     def timestep_condition(
         self, guidance_scale: float, batch_size: int, device: torch.device, dtype: torch.dtype

@@ -17,10 +17,9 @@ import torch
 
 from diffkit.outputs import ImagePipelineOutput
 from diffkit.pipeline import Pipeline
-from diffkit.randomness import randn_tensor
 from diffkit_processors_image.image_processor import VaeImageProcessor
 
-from .base import Generator, Guidance, Prompt, StableDiffusionBase, _negative_texts
+from .base import Generator, Guidance, Prompt, StableDiffusionBase, _negative_texts, initial_noise
 from .image_conditioning import encode_with_vae
 
 #: width of each half (ones, zeros) of the noise-level embedding in ``timestep_cond``
@@ -188,11 +187,7 @@ class StableDiffusionLatentUpscalePipeline(StableDiffusionBase):
 
         height, width = low_res.shape[2:]
         shape = (batch, self.vae.config.latent_channels, height * 2, width * 2)
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=embeds.dtype)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape} for this call, got {tuple(latents.shape)}")
-        latents = latents.to(device) * state.init_noise_sigma
+        latents = initial_noise(shape, generator, device, embeds.dtype, latents) * state.init_noise_sigma
         self.check_unet_channels(condition.shape[1])
 
         for i, t in enumerate(self.progress_bar(state.timesteps)):

@@ -25,6 +25,7 @@ from .base import (
     StableDiffusionBase,
     StepCallback,
     check_text_encoder_fits_unet,
+    initial_noise,
 )
 from .image_conditioning import check_image_input
 from .outputs import StableDiffusionPipelineOutput
@@ -254,10 +255,4 @@ class StableDiffusionUpscalePipeline(StableDiffusionBase):
     ) -> torch.Tensor:
         """Initial noise at the low-resolution image's own size (the latents are not VAE-downscaled here)."""
         shape = (batch_size, self.vae.config.latent_channels, height, width)
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape} for this call, got {tuple(latents.shape)}")
-        else:
-            latents = latents.to(device)
-        return latents * init_noise_sigma
+        return initial_noise(shape, generator, device, dtype, latents) * init_noise_sigma
